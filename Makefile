@@ -1,0 +1,68 @@
+# The two commands: `make up` (set up, run the stack) and `make test` (set up, run the suite).
+# Each creates .venv and installs what it needs; re-runs skip what is already installed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch; a user with a GPU can pass TORCH_SPEC='torch' to get a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+# Offline vocabulary for tiktoken / openai-harmony when ../shared/vocab exists (tests, CI).
+VOCAB_DIR ?= $(firstword $(wildcard $(CURDIR)/../shared/vocab))
+export OSS_SERVE_VOCAB_DIR ?= $(VOCAB_DIR)
+export RAY_AUTH_MODE ?= disabled
+PYTEST_ARGS ?=
+INSTALL_INPUTS := pyproject.toml setup.py $(wildcard protos/*.proto) protos/build_protos.py
+
+.PHONY: up test install install-test protos lint typecheck helm-check pytest clean
+
+# Until `oss-serve up` exists (its own issue), this shows what the CLI offers.
+up: $(VENV)/.installed
+	$(BIN)/oss-serve --help
+
+test: $(VENV)/.installed-test
+	$(MAKE) lint typecheck helm-check pytest
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+
+$(VENV)/.installed: $(VENV)/bin/python $(INSTALL_INPUTS)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/bin/python $(INSTALL_INPUTS)
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(VENV)/.installed $@
+
+protos: $(VENV)/.installed
+	$(BIN)/python protos/build_protos.py protos
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy cannot follow the package_dir mapping of the editable install, so it reads a tree of
+# symlinks shaped like the installed package.
+TYPECHECK_ROOT := build/typecheck
+SUBPACKAGES := common workers kernels cluster router protos benchmarks
+typecheck: $(VENV)/.installed-test
+	rm -rf $(TYPECHECK_ROOT) && mkdir -p $(TYPECHECK_ROOT)/oss_serve
+	for f in oss_serve/*; do ln -s $(CURDIR)/$$f $(TYPECHECK_ROOT)/oss_serve/; done
+	for d in $(SUBPACKAGES); do ln -s $(CURDIR)/$$d $(TYPECHECK_ROOT)/oss_serve/$$d; done
+	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p oss_serve
+
+helm-check:
+	@echo "helm-check: no chart yet"
+
+# pytest exits 5 when it collects nothing: say so instead of failing on it.
+pytest: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

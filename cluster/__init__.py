@@ -1,0 +1,1 @@
+"""Ray orchestration: replicas as TP x EP actor groups, the local launcher, the autoscaler."""

@@ -1,0 +1,63 @@
+"""Names of every Redis key oss-serve uses, in one place (router, replicas and autoscaler agree).
+
+All keys live under a namespace (Settings.redis_namespace, default "oss-serve"), so that
+several deployments can share one Redis. Layout:
+
+- `{ns}:req:{replica_id}:{lane}`   stream: request records routed to one replica, per priority lane
+- `{ns}:req:overflow:{lane}`       stream: shared overflow lane any replica may pull from
+- `{ns}:replicas`                  set: ids of registered replicas
+- `{ns}:replica:{replica_id}`      hash: registration + load report (pool, model, running,
+                                   waiting, kv_usage, kv_blocks_free, ...); TTL = heartbeat
+- `{ns}:kv-events`                 stream: prefix-cache events (blocks stored / evicted)
+- `{ns}:dead-letters`              stream: requests that failed for good, with the reason
+- `{ns}:apikeys`                   hash: sha256(key) -> JSON metadata
+- `{ns}:ratelimit:{key_id}:{unit}:{window}`  counter with TTL
+- `{ns}:usage:{key_id}`            hash: token/request accounting
+- `{ns}:response:{response_id}`    string: stored Responses API object (TTL)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LANES: tuple[str, ...] = ("interactive", "batch")  # read in this order: first is highest priority
+OVERFLOW = "overflow"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    namespace: str = "oss-serve"
+
+    def request_stream(self, replica_id: str, lane: str) -> str:
+        return f"{self.namespace}:req:{replica_id}:{lane}"
+
+    def overflow_stream(self, lane: str) -> str:
+        return self.request_stream(OVERFLOW, lane)
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.namespace}:replicas"
+
+    def replica(self, replica_id: str) -> str:
+        return f"{self.namespace}:replica:{replica_id}"
+
+    @property
+    def kv_events(self) -> str:
+        return f"{self.namespace}:kv-events"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.namespace}:dead-letters"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.namespace}:apikeys"
+
+    def rate_limit(self, key_id: str, unit: str, window: int) -> str:
+        return f"{self.namespace}:ratelimit:{key_id}:{unit}:{window}"
+
+    def usage(self, key_id: str) -> str:
+        return f"{self.namespace}:usage:{key_id}"
+
+    def response(self, response_id: str) -> str:
+        return f"{self.namespace}:response:{response_id}"

@@ -1,0 +1,108 @@
+"""One typed settings object for every process: flags > OSS_SERVE_* env vars > config file > defaults.
+
+Each area owns a section of fields below; add fields to your section rather than reading
+os.environ elsewhere. Secrets are SecretStr so that they never print in logs or reprs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "OSS_SERVE_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("oss_serve_config_file", default=None)
+
+
+class Settings(BaseSettings):
+    """Everything configurable, flat, with `OSS_SERVE_<FIELD>` as the env var name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OSS_SERVE_", extra="forbid", validate_default=True
+    )
+
+    # --- general -----------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    vocab_dir: Path | None = None  # folder holding o200k_base.tiktoken; None = download as usual
+    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "oss-serve"
+
+    # --- model / engine ----------------------------------------------------------------------
+    model: str | None = None  # checkpoint folder or preset name; None = the embedded demo model
+    served_model_name: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_model_len: int | None = None
+    tensor_parallel_size: int = 1
+    expert_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory: int | None = None  # bytes of KV cache on CPU
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+
+    # --- redis ---------------------------------------------------------------------------------
+    redis_url: SecretStr | None = None  # may embed a password: kept secret
+    redis_namespace: str = "oss-serve"
+
+    # --- router / API ----------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 50051
+    api_key: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(_file_source(settings_cls, config_file))
+        return tuple(sources)
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"config file {path} does not exist (from --config or {CONFIG_ENV_VAR})"
+        )
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    if suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    raise ValueError(f"config file {path}: use a .yaml, .yml or .toml file")
+
+
+@contextmanager
+def _reading_config_file(path: Path | None) -> Iterator[None]:
+    token = _config_file.set(path)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
+
+
+def load_settings(config_file: Path | str | None = None, **flags: Any) -> Settings:
+    """Build Settings with the documented precedence; flags that are None count as not given."""
+    path = config_file or os.environ.get(CONFIG_ENV_VAR)
+    given = {name: value for name, value in flags.items() if value is not None}
+    with _reading_config_file(Path(path) if path else None):
+        return Settings(**given)
