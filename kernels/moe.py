@@ -1,0 +1,112 @@
+"""The gpt-oss mixture of experts: top-k routing and the clamped-SwiGLU experts.
+
+Expert weights come either dense ([E, out, in], like nn.Linear) or packed MXFP4 (blocks +
+scales, see kernels.mxfp4). An expert-parallel rank holds experts
+[expert_start, expert_start + E_local) and returns only their share of each token's output;
+the caller sums the shares across ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .mxfp4 import dequantize_mxfp4
+
+
+def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick each token's top_k experts by logit; weights = softmax over those k logits.
+
+    Returns (weights [N, k] in the logits' dtype, expert ids [N, k] int64).
+    """
+    return route_ref(router_logits, top_k)
+
+
+def moe_experts(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    w1: torch.Tensor,
+    w1_scales: torch.Tensor | None,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scales: torch.Tensor | None,
+    b2: torch.Tensor,
+    *,
+    swiglu_alpha: float,
+    swiglu_limit: float,
+    expert_start: int = 0,
+) -> torch.Tensor:
+    """sum_k w_k * expert_{id_k}(x) over the local experts; x [N, hidden] -> [N, hidden].
+
+    w1 [E_local, 2I, H] (rows interleave gate/up) and w2 [E_local, H, I] are dense when their
+    scales are None, else MXFP4 blocks [E_local, out, in/32, 16] with scales [E_local, out,
+    in/32]. b1 [E_local, 2I], b2 [E_local, H].
+    """
+    return moe_experts_ref(
+        x,
+        topk_weights,
+        topk_ids,
+        w1,
+        w1_scales,
+        b1,
+        w2,
+        w2_scales,
+        b2,
+        swiglu_alpha=swiglu_alpha,
+        swiglu_limit=swiglu_limit,
+        expert_start=expert_start,
+    )
+
+
+def route_ref(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    top_logits, top_ids = torch.topk(router_logits, top_k, dim=-1, sorted=True)
+    return torch.softmax(top_logits, dim=-1), top_ids
+
+
+def swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """gpt-oss's SwiGLU: even columns gate (clamped above), odd columns up (clamped both), +1."""
+    gate = gate_up[..., 0::2].clamp(max=limit)
+    up = gate_up[..., 1::2].clamp(min=-limit, max=limit)
+    return gate * torch.sigmoid(alpha * gate) * (up + 1)
+
+
+def moe_experts_ref(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    w1: torch.Tensor,
+    w1_scales: torch.Tensor | None,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scales: torch.Tensor | None,
+    b2: torch.Tensor,
+    *,
+    swiglu_alpha: float,
+    swiglu_limit: float,
+    expert_start: int = 0,
+) -> torch.Tensor:
+    """The torch reference: loop over the local experts that some token chose.
+
+    MXFP4 experts are dequantized one at a time, only when chosen.
+    """
+    out = torch.zeros_like(x)
+    local_ids = topk_ids - expert_start
+    num_local = b1.shape[0]
+    chosen = local_ids[(local_ids >= 0) & (local_ids < num_local)]
+    for expert in torch.unique(chosen).tolist():
+        token_idx, slot = torch.nonzero(local_ids == expert, as_tuple=True)
+        up_weight = _expert_weight(w1, w1_scales, expert, x.dtype)
+        down_weight = _expert_weight(w2, w2_scales, expert, x.dtype)
+        hidden = torch.nn.functional.linear(x[token_idx], up_weight, b1[expert])
+        hidden = swiglu(hidden, swiglu_alpha, swiglu_limit)
+        y = torch.nn.functional.linear(hidden, down_weight, b2[expert])
+        out.index_add_(0, token_idx, y * topk_weights[token_idx, slot, None].to(y.dtype))
+    return out
+
+
+def _expert_weight(
+    weight: torch.Tensor, scales: torch.Tensor | None, expert: int, dtype: torch.dtype
+) -> torch.Tensor:
+    if scales is None:
+        return weight[expert].to(dtype)
+    return dequantize_mxfp4(weight[expert], scales[expert], dtype)

@@ -1,0 +1,17 @@
+"""RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32, returned in x's dtype."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalize the last dim of `x` [..., hidden] and scale by `weight` [hidden] (fp32)."""
+    return rms_norm_ref(x, weight, eps)
+
+
+def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The torch reference: no bias, no (1 + w) offset (gpt-oss keeps norms in fp32)."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (weight.float() * x32).to(x.dtype)
