@@ -14,6 +14,9 @@ several deployments can share one Redis. Layout:
 - `{ns}:ratelimit:{key_id}:{unit}:{window}`  counter with TTL
 - `{ns}:usage:{key_id}`            hash: token/request accounting
 - `{ns}:response:{response_id}`    string: stored Responses API object (TTL)
+- `{ns}:session:{session_key}`     string: replica id a sticky session is routed to (TTL)
+
+Every request stream has one consumer group, CONSUMER_GROUP; consumers are replica ids.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 
 LANES: tuple[str, ...] = ("interactive", "batch")  # read in this order: first is highest priority
 OVERFLOW = "overflow"
+CONSUMER_GROUP = "replicas"
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,10 @@ class RedisKeys:
 
     def response(self, response_id: str) -> str:
         return f"{self.namespace}:response:{response_id}"
+
+    def session(self, session_key: str) -> str:
+        return f"{self.namespace}:session:{session_key}"
+
+    def replica_streams(self, replica_id: str) -> list[str]:
+        """A replica's request streams, highest-priority lane first."""
+        return [self.request_stream(replica_id, lane) for lane in LANES]

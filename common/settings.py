@@ -62,6 +62,25 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     api_key: SecretStr | None = None
 
+    # --- routing, queues, replicas (issue 9) ----------------------------------------------------
+    routing_policy: Literal["round_robin", "least_load", "prefix_aware"] = "prefix_aware"
+    advertise_host: str | None = None  # how replicas reach this router's gRPC port (default host)
+    prefix_overlap_weight: float = 1.0  # cost of one uncached prompt block vs one block of load
+    balance_abs_threshold: int = 8  # imbalanced when max - min requests > this ...
+    balance_rel_threshold: float = 1.5  # ... and max > this * min: route least-load
+    prefix_index_max_blocks: int = 1_048_576
+    session_ttl_s: float = 600.0  # sticky session -> replica mapping lifetime since last use
+    max_queue_wait_s: float = 30.0  # admission rejects when the estimated queue wait is longer
+    max_queued_per_replica: int = 256  # admission rejects when every replica has this many queued
+    request_timeout_s: float = 600.0  # a request with no deadline fails after this long
+    replica_id: str | None = None  # default: hostname-pid
+    replica_pool: str = "default"  # GPU pool label reported in the registry
+    heartbeat_interval_s: float = 0.5  # also the load-report interval
+    heartbeat_ttl_s: float = 3.0  # a replica whose key expired this long ago is dead
+    max_delivery_attempts: int = 3  # deliveries before a request is dead-lettered
+    router_link_grace_s: float = 10.0  # a replica gives up on an unreachable owning router after
+    kv_events_maxlen: int = 1_000_000
+
     @classmethod
     def settings_customise_sources(
         cls,
