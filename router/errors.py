@@ -1,0 +1,74 @@
+"""Errors of the request pipeline, each knowing its gRPC status and HTTP status.
+
+The gRPC and HTTP front ends map these the same way, so a request fails alike on both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+
+
+class RequestError(Exception):
+    """A request that cannot be served; `message` says what was wrong and what to do."""
+
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
+    error_type: str = "server_error"  # OpenAI error body "type"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(RequestError, ValueError):
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFound(RequestError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
+    error_type = "not_found_error"
+
+
+class Overloaded(RequestError):
+    """Every queue is over its bound: retry after `retry_after_s` (never a silent drop)."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 429
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1.0, float(retry_after_s))
+
+    @property
+    def retry_after_header(self) -> str:
+        """The whole seconds for a Retry-After header (HTTP) or metadata (gRPC)."""
+        return str(math.ceil(self.retry_after_s))
+
+
+class Unavailable(RequestError):
+    """No healthy replica serves the model, or Redis is unreachable."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
+    error_type = "service_unavailable"
+
+
+class DeadlineExceeded(RequestError):
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
+    error_type = "timeout"
+
+
+class RequestFailed(RequestError):
+    """The request failed for good on a replica (it was dead-lettered with the reason)."""
+
+    grpc_code = grpc.StatusCode.INTERNAL
+    http_status = 500
+    error_type = "server_error"
