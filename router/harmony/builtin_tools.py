@@ -90,10 +90,15 @@ BROWSER_NAMESPACE = ToolNamespace(
 )
 PYTHON_NAMESPACE = ToolNamespace(name=PYTHON, description=_PYTHON_DESCRIPTION, tools=())
 
-BUILTIN_NAMESPACES: dict[str, ToolNamespace] = {BROWSER: BROWSER_NAMESPACE, PYTHON: PYTHON_NAMESPACE}
+BUILTIN_NAMESPACES: dict[str, ToolNamespace] = {
+    BROWSER: BROWSER_NAMESPACE,
+    PYTHON: PYTHON_NAMESPACE,
+}
 
 
-def builtin_namespaces(names: Collection[str], *, field: str = "builtin_tools") -> tuple[ToolNamespace, ...]:
+def builtin_namespaces(
+    names: Collection[str], *, field: str = "builtin_tools"
+) -> tuple[ToolNamespace, ...]:
     """The namespaces for the enabled built-in tools, sorted by name; unknown names are an error."""
     unknown = sorted(set(names) - set(BUILTIN_NAMESPACES))
     if unknown:

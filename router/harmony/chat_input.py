@@ -92,9 +92,7 @@ def _assistant_messages(
     reasoning = optional_str(message.get("reasoning"), f"{field}.reasoning")
     if reasoning is None:
         reasoning = optional_str(message.get("reasoning_content"), f"{field}.reasoning_content")
-    content = content_text(
-        message.get("content"), f"{field}.content", _TEXT_PARTS + ("refusal",), allow_none=True
-    )
+    content = content_text(message.get("content"), f"{field}.content", _TEXT_PARTS, allow_none=True)
     raw_calls = message.get("tool_calls")
     calls = [] if raw_calls is None else as_list(raw_calls, f"{field}.tool_calls")
     out = []

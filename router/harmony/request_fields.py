@@ -193,4 +193,3 @@ def _checked_date(date: str | None) -> str:
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-

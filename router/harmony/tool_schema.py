@@ -80,7 +80,7 @@ def _ryu_float(number: float) -> str:
     length = len(digits)
     kk = length + exponent  # 10^(kk-1) <= |v| < 10^kk
     prefix = "-" if sign else ""
-    if 0 <= exponent and kk <= 16:
+    if exponent >= 0 and kk <= 16:
         return f"{prefix}{digits}{'0' * exponent}.0"
     if 0 < kk <= 16:
         return f"{prefix}{digits[:kk]}.{digits[kk:]}"
