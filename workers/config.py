@@ -242,7 +242,7 @@ PRESETS: dict[str, ModelConfig] = {
         sliding_window=16,
         original_max_position_embeddings=64,
         beta_fast=4.0,
-        max_position_embeddings=4096,
+        max_position_embeddings=2048,
     ),
 }
 
