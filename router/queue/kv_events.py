@@ -1,0 +1,146 @@
+"""Prefix-cache events through Redis: replicas publish blocks stored / evicted, every router
+folds them into its PrefixIndex.
+
+One stream (`{ns}:kv-events`), one entry per batch (a KvEventBatch protobuf), trimmed to
+about `maxlen` entries. Each router reads it from the start with plain XREAD (no consumer
+group: every router needs every event). A replica publishes CLEARED when it starts, so
+routers drop what its previous incarnation held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterable
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from oss_serve.common.logging import get_logger
+from oss_serve.common.redis_keys import RedisKeys
+from oss_serve.protos import replica_link_pb2
+from oss_serve.router.prefix_index import PrefixIndex
+from oss_serve.router.queue.redis_client import TRANSIENT_ERRORS
+
+log = get_logger(__name__)
+BATCH_FIELD = b"batch"
+STORED = replica_link_pb2.KvEvent.STORED
+REMOVED = replica_link_pb2.KvEvent.REMOVED
+CLEARED = replica_link_pb2.KvEvent.CLEARED
+_KIND_OF_NAME = {"stored": STORED, "removed": REMOVED, "cleared": CLEARED, "all_cleared": CLEARED}
+
+
+def event_kind(name: str) -> int:
+    """The protobuf kind of an engine event kind name ("stored", "removed", "cleared")."""
+    try:
+        return _KIND_OF_NAME[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown KV event kind {name!r}") from None
+
+
+def apply_batch(index: PrefixIndex, batch: replica_link_pb2.KvEventBatch) -> None:
+    for event in batch.events:
+        if event.kind == STORED:
+            index.store(batch.replica_id, event.block_hashes)
+        elif event.kind == REMOVED:
+            index.remove(batch.replica_id, event.block_hashes)
+        elif event.kind == CLEARED:
+            index.clear(batch.replica_id)
+
+
+class KvEventPublisher:
+    """Buffers a replica's engine events (the engine's sink may call from any thread) and
+    publishes them in batches."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        replica_id: str,
+        *,
+        block_size: int,
+        maxlen: int = 1_000_000,
+        flush_interval_s: float = 0.01,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._replica_id = replica_id
+        self._block_size = block_size
+        self._maxlen = maxlen
+        self._flush_interval_s = flush_interval_s
+        self._pending: collections.deque[tuple[int, list[int]]] = collections.deque()
+
+    def sink(self, events: Iterable[Any]) -> None:
+        """The engine's `kv_event_sink`: events with `.kind` and `.block_hashes`."""
+        for event in events:
+            self._pending.append(
+                (event_kind(str(event.kind)), [int(h) for h in event.block_hashes])
+            )
+
+    def publish_cleared(self) -> None:
+        self._pending.append((CLEARED, []))
+
+    async def flush(self) -> int:
+        """Publish what is buffered as one entry; returns the number of events sent."""
+        batch = replica_link_pb2.KvEventBatch(
+            replica_id=self._replica_id, block_size=self._block_size
+        )
+        while self._pending:
+            kind, hashes = self._pending.popleft()
+            batch.events.add(kind=kind, block_hashes=hashes)
+        if not batch.events:
+            return 0
+        payload = {BATCH_FIELD: batch.SerializeToString()}
+        while True:
+            try:
+                await self._redis.xadd(
+                    self._keys.kv_events, payload, maxlen=self._maxlen, approximate=True
+                )
+                return len(batch.events)
+            except TRANSIENT_ERRORS as err:
+                log.warning("kv events not published yet, retrying", error=str(err))
+                await asyncio.sleep(0.2)
+
+    async def run(self) -> None:
+        while True:
+            await self.flush()
+            await asyncio.sleep(self._flush_interval_s)
+
+
+class KvEventFollower:
+    """A router's reader of the kv-events stream, folding each batch into its index."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, index: PrefixIndex) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.index = index
+        self.last_id = b"0-0"
+        self.batches_applied = 0
+
+    async def poll(self, block_ms: int | None = None, count: int = 512) -> int:
+        """Apply the next batches (waiting up to block_ms for one); returns how many."""
+        reply = await self._redis.xread(
+            {self._keys.kv_events: self.last_id}, count=count, block=block_ms
+        )
+        applied = 0
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                raw = fields.get(BATCH_FIELD)
+                if raw is None:
+                    continue
+                batch = replica_link_pb2.KvEventBatch()
+                batch.ParseFromString(raw)
+                apply_batch(self.index, batch)
+                applied += 1
+        self.batches_applied += applied
+        return applied
+
+    async def run(self, block_ms: int = 1000) -> None:
+        while True:
+            try:
+                await self.poll(block_ms)
+            except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as err:
+                log.warning("kv events unreadable, retrying", error=str(err))
+                await asyncio.sleep(0.5)
