@@ -11,8 +11,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it; the engine issue adds LLM and SamplingParams here.
-_LAZY_EXPORTS: dict[str, str] = {}
+# public name -> module that defines it
+_LAZY_EXPORTS: dict[str, str] = {
+    "LLM": "oss_serve.workers.llm",
+    "SamplingParams": "oss_serve.workers.sampling_params",
+    "RequestOutput": "oss_serve.workers.outputs",
+    "CompletionOutput": "oss_serve.workers.outputs",
+    "Logprob": "oss_serve.workers.outputs",
+    "AsyncEngine": "oss_serve.workers.async_engine",
+    "EngineConfig": "oss_serve.workers.engine_config",
+}
 
 __all__ = ["__version__", *_LAZY_EXPORTS]
 

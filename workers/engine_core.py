@@ -8,6 +8,7 @@ bad one raises `InvalidRequestError` and everything else keeps running.
 from __future__ import annotations
 
 import itertools
+import operator
 import random
 import time
 from collections.abc import Sequence
@@ -69,6 +70,20 @@ class EngineCore:
         self._rng = random.Random(config.seed)
         self._family_counter = itertools.count()
 
+    @classmethod
+    def from_config(cls, config: EngineConfig, executor: Executor | None = None) -> EngineCore:
+        """Load the model (unless an executor is given) and the o200k_harmony tokenizer."""
+        if executor is None:
+            from oss_serve.workers.executor import LocalExecutor
+
+            executor = LocalExecutor(config)
+        tokenizer = None
+        if not config.skip_tokenizer_init:
+            from oss_serve.common.vocab import o200k_harmony
+
+            tokenizer = o200k_harmony()
+        return cls(config, executor, tokenizer)
+
     def _check_pool_fits_one_request(self, num_blocks: int) -> None:
         chunk = min(self.config.max_num_batched_tokens, self.max_model_len)
         needed = (
@@ -129,10 +144,13 @@ class EngineCore:
             raise InvalidRequestError("sampling_params must be a SamplingParams", "sampling_params")
         if self.output_processor.has_request(request_id):
             raise InvalidRequestError(f"request id {request_id!r} is already running", "request_id")
-        tokens = list(prompt_token_ids)
+        try:
+            tokens = [operator.index(t) for t in prompt_token_ids]
+        except TypeError as exc:
+            raise InvalidRequestError("prompt token ids must be integers", field="prompt") from exc
         if not tokens:
             raise InvalidRequestError("the prompt is empty", field="prompt")
-        if any(not isinstance(t, int) or not 0 <= t < self.vocab_size for t in tokens):
+        if any(not 0 <= t < self.vocab_size for t in tokens):
             raise InvalidRequestError(
                 f"prompt token ids must be integers in [0, {self.vocab_size})", field="prompt"
             )

@@ -67,7 +67,9 @@ def prepare_inputs(
             max_query_len=int(counts.max()),
             max_seq_len=int(seq_lens.max()),
             block_size=spec.block_size,
-            groups=_group_metadata(request_ids, states, positions, query_start, spec, device),
+            groups=_group_metadata(
+                request_ids, states, starts, positions, query_start, spec, device
+            ),
         ),
         request_ids=request_ids,
     )
@@ -78,11 +80,13 @@ def prepare_inputs(
 def _group_metadata(
     request_ids: list[str],
     states: dict[str, CachedRequestState],
+    starts: np.ndarray,
     positions: np.ndarray,
     query_start: np.ndarray,
     spec: KVCacheSpec,
     device: torch.device,
 ) -> dict[str, KVGroupMetadata]:
+    """Block tables and slots per group; sliding tables point only at blocks still visible."""
     size = spec.block_size
     groups = {}
     for index, group in enumerate(spec.groups):
@@ -91,6 +95,8 @@ def _group_metadata(
         table = np.zeros((len(tables), width), dtype=np.int64)
         for row, ids in enumerate(tables):
             table[row, : len(ids)] = ids
+            if group.sliding_window:  # blocks freed after sliding out may belong to others now
+                table[row, : max(0, int(starts[row]) - group.sliding_window + 1) // size] = 0
         rows = np.repeat(np.arange(len(request_ids)), np.diff(query_start))
         slots = table[rows, positions // size] * size + positions % size
         groups[group.name] = KVGroupMetadata(
