@@ -230,7 +230,7 @@ def attend_ref(
 ) -> torch.Tensor:
     """Dense sink attention: q [B, Tq, Hq, D], k/v [B, Tk, Hkv, D], allowed [B, Tq, Tk] bool.
 
-    Computed in fp32. Keys no query may see are zeroed first, so garbage (even NaN) in
+    Computed in fp32 (or wider). Keys no query may see are zeroed first, so garbage (even NaN) in
     unused cache slots cannot leak into the output.
     """
     batch, num_queries, q_heads, head_dim = query.shape
@@ -238,12 +238,14 @@ def attend_ref(
     group = q_heads // kv_heads
     seen = allowed.any(dim=1)[:, :, None, None]
     value = torch.where(seen, value, torch.zeros((), dtype=value.dtype, device=value.device))
-    q = query.float().reshape(batch, num_queries, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
-    k = key.float().permute(0, 2, 1, 3)[:, :, None]
-    v = value.float().permute(0, 2, 1, 3)[:, :, None]
+    compute = torch.promote_types(query.dtype, torch.float32)
+    q = query.to(compute).reshape(batch, num_queries, kv_heads, group, head_dim)
+    q = q.permute(0, 2, 3, 1, 4)
+    k = key.to(compute).permute(0, 2, 1, 3)[:, :, None]
+    v = value.to(compute).permute(0, 2, 1, 3)[:, :, None]
     scores = torch.matmul(q, k.transpose(-1, -2)) * sm_scale
     scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
-    sink = sinks.float().reshape(1, kv_heads, group, 1, 1).expand(batch, -1, -1, num_queries, 1)
+    sink = sinks.to(compute).reshape(1, kv_heads, group, 1, 1).expand(batch, -1, -1, num_queries, 1)
     probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
     out = torch.matmul(probs, v)  # [B, Hkv, G, Tq, D]
     return out.permute(0, 3, 1, 2, 4).reshape(batch, num_queries, q_heads, head_dim).to(query.dtype)
