@@ -101,7 +101,8 @@ def _checkpoint_tensors(
             pieces.setdefault(src.key, {})[src.offset] = value
             if len(pieces[src.key]) < 3:
                 continue
-            value = torch.cat([pieces[src.key][o] for o in sorted(pieces.pop(src.key))])
+            parts = pieces.pop(src.key)
+            value = torch.cat([parts[offset] for offset in sorted(parts)])
         yield src.key, value.contiguous()
 
 

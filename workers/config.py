@@ -179,6 +179,8 @@ class ModelConfig:
     def from_original(cls, original: dict[str, Any]) -> ModelConfig:
         """Build from OpenAI's `original/config.json` (R ModelConfig names)."""
         num_layers = int(original["num_hidden_layers"])
+        context = int(original.get("initial_context_length", 4096))
+        factor = float(original.get("rope_scaling_factor", 1.0))
         return cls(
             vocab_size=int(original["vocab_size"]),
             hidden_size=int(original["hidden_size"]),
@@ -192,8 +194,9 @@ class ModelConfig:
             sliding_window=int(original["sliding_window"]),
             layer_types=alternating_layer_types(num_layers),
             rope_theta=float(original["rope_theta"]),
-            rope_scaling_factor=float(original.get("rope_scaling_factor", 1.0)),
-            original_max_position_embeddings=int(original.get("initial_context_length", 4096)),
+            rope_scaling_factor=factor,
+            original_max_position_embeddings=context,
+            max_position_embeddings=int(context * max(factor, 1.0)),
             beta_fast=float(original.get("rope_ntk_beta", 32.0)),
             beta_slow=float(original.get("rope_ntk_alpha", 1.0)),
             rope_truncate=False,
