@@ -1,8 +1,11 @@
 """Which physical blocks each request holds, per layer group, and prefix-cache lookups.
 
 The narrow API the scheduler uses (as in vLLM v1): `get_computed_blocks` (longest cached
-prefix), `allocate_slots` (blocks for the next tokens, or None when the pool is short),
-`cache_blocks` (register blocks whose KV a step has computed) and `free`.
+prefix), `allocate_slots` (blocks for the next tokens, or None when the pool is short) and
+`free`. allocate_slots registers the blocks that the step will fill, so a request admitted
+later in the same step can already share them: the model writes every token's K/V of a
+layer before any query of that layer attends. (A request is never preempted in the step
+it was scheduled in, so a registered block is always computed.)
 
 Hybrid layout: full-attention layers keep every block; sliding-window layers keep only
 the blocks their window can still see, so a long request costs what the full layers
@@ -145,13 +148,15 @@ class KVCacheManager:
             return None
         self._requests[request.request_id] = groups
         new_ids: list[list[int]] = []
-        for group, hit, count in zip(groups, hit_blocks, num_new_blocks, strict=True):
+        for hit in hit_blocks:  # before allocating: a free hit block must not be handed out
             self.pool.touch(b for b in hit if not b.is_null)
+        for group, hit, count in zip(groups, hit_blocks, num_new_blocks, strict=True):
             group.blocks.extend(hit)
             group.num_cached = max(group.num_cached, len(hit))
             fresh = self.pool.allocate(count)
             group.blocks.extend(fresh)
             new_ids.append([b.block_id for b in [*hit, *fresh]])
+        self.cache_blocks(request, num_computed + num_new_tokens)
         return new_ids
 
     def _drop_out_of_window(
@@ -184,7 +189,7 @@ class KVCacheManager:
 
     # --- caching and freeing ------------------------------------------------------------------
     def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
-        """Register the blocks a step has filled, so that later requests can reuse them."""
+        """Register full blocks up to num_computed_tokens, so that later requests can reuse them."""
         groups = self._requests.get(request.request_id)
         if groups is None:
             return

@@ -224,7 +224,6 @@ class Scheduler:
                 continue  # ended while the step ran
             was_prompt = request.num_computed_tokens < request.num_prompt_tokens
             request.num_computed_tokens += num_tokens
-            self.kv_cache.cache_blocks(request, request.num_computed_tokens)
             if was_prompt:
                 self.stats.num_prompt_tokens += num_tokens
             row = row_of.get(request_id)
