@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 
 from oss_serve.workers.config import PRESETS, ModelConfig, load_config
-from oss_serve.workers.model import GptOss
+from oss_serve.workers.model import ExpertsFormat, GptOss
 
 WeightsFormat = Literal["mxfp4", "bf16", "fp32"]
 COMPONENTS = ("embedding", "unembedding", "attention", "router", "experts", "norms")
@@ -81,7 +81,7 @@ def parameter_report(
     config: ModelConfig, weights_format: WeightsFormat = "mxfp4", model: str = "custom"
 ) -> ParameterReport:
     """Count every tensor of the full (unsharded) model; allocates nothing (meta device)."""
-    experts_format = "mxfp4" if weights_format == "mxfp4" else "dense"
+    experts_format: ExpertsFormat = "mxfp4" if weights_format == "mxfp4" else "dense"
     meta_model = GptOss(config, experts_format=experts_format, device="meta")
     active_share = config.num_experts_per_tok / config.num_local_experts
     report = ParameterReport(model, weights_format, {c: ComponentCount() for c in COMPONENTS})

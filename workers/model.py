@@ -158,8 +158,13 @@ class Experts(nn.Module):
     def weights(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(dense weight, None) or (MXFP4 blocks, scales) of one projection."""
         if self.format == "dense":
-            return getattr(self, name), None
-        return getattr(self, f"{name}_blocks"), getattr(self, f"{name}_scales")
+            return self._tensor(name), None
+        return self._tensor(f"{name}_blocks"), self._tensor(f"{name}_scales")
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        tensor = getattr(self, name)
+        assert isinstance(tensor, torch.Tensor)
+        return tensor
 
     def forward(
         self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
@@ -172,10 +177,10 @@ class Experts(nn.Module):
             topk_ids,
             w1,
             w1_scales,
-            self.gate_up_proj_bias,
+            self._tensor("gate_up_proj_bias"),
             w2,
             w2_scales,
-            self.down_proj_bias,
+            self._tensor("down_proj_bias"),
             swiglu_alpha=self.swiglu_alpha,
             swiglu_limit=self.swiglu_limit,
             expert_start=self.expert_start,
