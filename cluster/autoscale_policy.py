@@ -64,7 +64,7 @@ class AutoscalePolicy:
 
 
 @dataclass(frozen=True)
-class ReplicaLoad:
+class LoadReport:
     """One replica's load report (its registry hash in Redis)."""
 
     replica_id: str
@@ -92,7 +92,7 @@ class Signals:
     now_s: float
     backlog_by_pool: Mapping[str, QueueBacklog]  # streams of each pool's live replicas
     shared_backlog: QueueBacklog  # overflow lanes + streams of replicas that are gone
-    replicas: tuple[ReplicaLoad, ...]
+    replicas: tuple[LoadReport, ...]
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def decide(
     return decisions, next_state
 
 
-def _live_replicas(policy: AutoscalePolicy, signals: Signals, pool: str) -> list[ReplicaLoad]:
+def _live_replicas(policy: AutoscalePolicy, signals: Signals, pool: str) -> list[LoadReport]:
     return [
         r
         for r in signals.replicas

@@ -8,7 +8,8 @@ by scripts/install-chart-tools.sh. Steps, each failing the check on any finding:
      RayCluster, ScaledObject, TriggerAuthentication and ServiceMonitor against the schemas
      in helm/crd-schemas (strict, with pod templates checked as Kubernetes PodTemplateSpecs),
      and KEDA's objects also with the CRD-derived @kubernetes-models/keda validators;
-  4. checkov on all rendered objects: no failed check (skips carry a reason in the chart).
+  4. checkov on all rendered objects and on the Dockerfile: no failed check (each skip
+     carries its reason in the chart's annotations or the Dockerfile's comments).
 """
 
 from __future__ import annotations
@@ -148,10 +149,10 @@ def validate_keda_models(objects: list[dict[str, Any]], node_modules: Path) -> N
         raise CheckFailed(f"KEDA model validation:\n{result.stdout}{result.stderr}")
 
 
-def run_checkov(rendered_dir: Path) -> str:
-    """checkov over every rendered value set; returns a summary of the justified skips."""
+def run_checkov(target: list[str], framework: str) -> str:
+    """checkov on `target` (e.g. ["-d", dir]); returns a summary of the justified skips."""
     checkov = str(Path(sys.executable).parent / "checkov")
-    command = [checkov, "-d", str(rendered_dir), "--framework", "kubernetes"]
+    command = [checkov, *target, "--framework", framework]
     command += ["--compact", "--skip-download", "-o", "json"]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     reports = json.loads(result.stdout or "[]")
@@ -185,6 +186,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=ROOT / ".cache" / "chart-tools" / "npm" / "node_modules",
     )
     parser.add_argument("--kube-version", default="1.30.0")
+    parser.add_argument("--dockerfile", type=Path, default=ROOT / "Dockerfile")
     parser.add_argument("--no-checkov", action="store_true", help="skip the checkov step")
     return parser.parse_args(argv)
 
@@ -204,12 +206,12 @@ def check(args: argparse.Namespace) -> None:
                 rendered = Path(tmp) / values.name
                 rendered.write_text(yaml.safe_dump_all(objects, sort_keys=False))
         if not args.no_checkov:
-            with step("checkov"):
-                skips = run_checkov(Path(tmp))
-            if skips:
-                print(
-                    f"helm-check: checkov skips (reasons in checkov.io/skip annotations): {skips}"
-                )
+            with step("checkov: rendered objects"):
+                skips = run_checkov(["-d", tmp], "kubernetes")
+            print(f"helm-check: checkov skips (reasons: checkov.io/skip annotations): {skips}")
+            with step("checkov: Dockerfile"):
+                skips = run_checkov(["-f", str(args.dockerfile)], "dockerfile")
+            print(f"helm-check: checkov skips (reasons: checkov:skip comments): {skips}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,9 @@ from oss_serve.cluster.autoscale_policy import (
     AutoscalePolicy,
     AutoscaleState,
     Decision,
+    LoadReport,
     PoolPolicy,
     QueueBacklog,
-    ReplicaLoad,
     Signals,
     decide,
 )
@@ -96,7 +96,7 @@ class Cluster:
         total_live = sum(live.values())
         per_replica = min(self.slots, round(in_service / total_live)) if total_live else 0
         replicas = tuple(
-            ReplicaLoad(f"{pool}-{i}", pool, per_replica, 0, self.slots, 0.5, t)
+            LoadReport(f"{pool}-{i}", pool, per_replica, 0, self.slots, 0.5, t)
             for pool, count in live.items()
             for i in range(count)
         )

@@ -9,9 +9,9 @@ import pytest
 from oss_serve.cluster.autoscale_policy import (
     AutoscalePolicy,
     AutoscaleState,
+    LoadReport,
     PoolPolicy,
     QueueBacklog,
-    ReplicaLoad,
     Signals,
     decide,
 )
@@ -137,8 +137,8 @@ def one_pool_policy(**overrides) -> AutoscalePolicy:
     return AutoscalePolicy(pools=(pool,), **overrides)
 
 
-def replicas(n: int, running: int, now: float = 100.0) -> tuple[ReplicaLoad, ...]:
-    return tuple(ReplicaLoad(f"r{i}", "a100", running, 0, 32, 0.4, now) for i in range(n))
+def replicas(n: int, running: int, now: float = 100.0) -> tuple[LoadReport, ...]:
+    return tuple(LoadReport(f"r{i}", "a100", running, 0, 32, 0.4, now) for i in range(n))
 
 
 def test_backlog_in_a_pool_stream_counts_as_demand():
