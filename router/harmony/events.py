@@ -89,43 +89,73 @@ class ParsedCompletion:
     finish_reason: StopReason | None = None
     reasoning_tokens: int = 0
 
+
+class CompletionFold:
+    """Folds events into a ParsedCompletion in linear time (text kept as lists of pieces)."""
+
+    def __init__(self) -> None:
+        self.reasoning: list[str] = []
+        self.content: list[str] = []
+        self.calls: list[tuple[str, str, list[str]]] = []
+        self.builtin_calls: list[BuiltinToolCall] = []
+        self.finish_reason: StopReason | None = None
+
     def apply(self, event: HarmonyEvent) -> None:
         if isinstance(event, ReasoningDelta):
-            self.reasoning += event.text
+            self.reasoning.append(event.text)
         elif isinstance(event, ContentDelta):
-            self.content += event.text
+            self.content.append(event.text)
         elif isinstance(event, ToolCallStart):
-            self.tool_calls.append(ParsedToolCall(event.id, event.name, ""))
+            self.calls.append((event.id, event.name, []))
         elif isinstance(event, ToolCallArgumentsDelta):
-            call = self.tool_calls[event.index]
-            self.tool_calls[event.index] = ParsedToolCall(
-                call.id, call.name, call.arguments + event.text
-            )
+            self.calls[event.index][2].append(event.text)
         elif isinstance(event, BuiltinToolCall):
-            self.builtin_tool_calls.append(event)
+            self.builtin_calls.append(event)
         elif isinstance(event, MessageEnd) and event.stop_reason is not None:
             self.finish_reason = event.stop_reason
+
+    def completion(self, *, reasoning_tokens: int) -> ParsedCompletion:
+        return ParsedCompletion(
+            reasoning="".join(self.reasoning),
+            content="".join(self.content),
+            tool_calls=[ParsedToolCall(i, name, "".join(args)) for i, name, args in self.calls],
+            builtin_tool_calls=list(self.builtin_calls),
+            finish_reason=self.finish_reason,
+            reasoning_tokens=reasoning_tokens,
+        )
+
+
+def _delta_key(event: HarmonyEvent) -> tuple[str, object] | None:
+    """Which deltas may merge: same kind and same channel (content) or call (arguments)."""
+    if isinstance(event, ReasoningDelta):
+        return ("reasoning", None)
+    if isinstance(event, ContentDelta):
+        return ("content", event.channel)
+    if isinstance(event, ToolCallArgumentsDelta):
+        return ("arguments", event.index)
+    return None
+
+
+def _merged(first: HarmonyEvent, texts: list[str]) -> HarmonyEvent:
+    text = "".join(texts)
+    if isinstance(first, ContentDelta):
+        return ContentDelta(text, first.channel)
+    if isinstance(first, ToolCallArgumentsDelta):
+        return ToolCallArgumentsDelta(first.index, text)
+    return ReasoningDelta(text)
 
 
 def coalesce(events: list[HarmonyEvent]) -> list[HarmonyEvent]:
     """Merge neighbouring deltas of the same kind (and channel / call), keeping order."""
     merged: list[HarmonyEvent] = []
-    for event in events:
-        last = merged[-1] if merged else None
-        if isinstance(event, ReasoningDelta) and isinstance(last, ReasoningDelta):
-            merged[-1] = ReasoningDelta(last.text + event.text)
-        elif (
-            isinstance(event, ContentDelta)
-            and isinstance(last, ContentDelta)
-            and last.channel == event.channel
-        ):
-            merged[-1] = ContentDelta(last.text + event.text, event.channel)
-        elif (
-            isinstance(event, ToolCallArgumentsDelta)
-            and isinstance(last, ToolCallArgumentsDelta)
-            and last.index == event.index
-        ):
-            merged[-1] = ToolCallArgumentsDelta(event.index, last.text + event.text)
-        else:
+    run: list[HarmonyEvent] = []
+    for event in [*events, None]:
+        key = None if event is None else _delta_key(event)
+        if run and (key is None or key != _delta_key(run[0])):
+            merged.append(_merged(run[0], [e.text for e in run]))  # type: ignore[union-attr]
+            run = []
+        if key is not None and event is not None:
+            run.append(event)
+        elif event is not None:
             merged.append(event)
     return merged

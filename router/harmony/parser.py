@@ -37,6 +37,7 @@ from oss_serve.common.vocab import (
 from oss_serve.router.harmony.conversation import FUNCTIONS_NAMESPACE, VALID_CHANNELS
 from oss_serve.router.harmony.events import (
     BuiltinToolCall,
+    CompletionFold,
     ContentDelta,
     HarmonyEvent,
     MessageEnd,
@@ -158,11 +159,16 @@ class HarmonyStreamParser:
         self._builtin_text: list[str] = []
         self._called = False
         self.reasoning_tokens = 0
-        self.result = ParsedCompletion()
+        self._fold = CompletionFold()
+
+    @property
+    def result(self) -> ParsedCompletion:
+        """Everything parsed so far, folded (reasoning, content, tool calls, finish reason)."""
+        return self._fold.completion(reasoning_tokens=self.reasoning_tokens)
 
     @property
     def finish_reason(self) -> StopReason | None:
-        return self.result.finish_reason
+        return self._fold.finish_reason
 
     @property
     def done(self) -> bool:
@@ -182,15 +188,14 @@ class HarmonyStreamParser:
         elif self._state is _State.HEADER and self._header_tokens:
             self._salvage_header(events, "length")
         if self._state is not _State.DONE:
-            self.result.finish_reason = "length"
+            self._fold.finish_reason = "length"
             self._state = _State.DONE
         return self._publish(events)
 
     def _publish(self, events: list[HarmonyEvent]) -> list[HarmonyEvent]:
         events = coalesce(events)
         for event in events:
-            self.result.apply(event)
-        self.result.reasoning_tokens = self.reasoning_tokens
+            self._fold.apply(event)
         return events
 
     # -- token steps -------------------------------------------------------------------------
@@ -340,7 +345,7 @@ class HarmonyStreamParser:
         return "tool_calls" if token == CALL and self._called else "stop"
 
     def _stop(self, token: int) -> None:
-        self.result.finish_reason = self._stop_reason(token)
+        self._fold.finish_reason = self._stop_reason(token)
         self._state = _State.DONE
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 from openai_harmony import (
-    Conversation,
     DeveloperContent,
     Message,
     Role,

@@ -24,7 +24,7 @@ from tests.router.harmony.strategies import chat_cases
 pytestmark = pytest.mark.unit
 
 DATE = "2025-06-28"
-CORPUS_SIZE = 320
+CORPUS_SIZE = 500
 STATS: Counter[str] = Counter()
 
 
