@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from oss_serve.common.kv_hash import block_hashes
-from oss_serve.workers.block_pool import BlockPool
+from oss_serve.workers.block_pool import BlockPool, StoredBlock
 from oss_serve.workers.kv_cache_manager import KVCacheManager
 from oss_serve.workers.kv_cache_spec import KVCacheSpec, KVGroupSpec
 from oss_serve.workers.request import Request
@@ -52,10 +52,7 @@ def _decode(manager: KVCacheManager, request: Request, steps: int) -> None:
 
 def test_block_pool_evicts_least_recently_freed_and_reports_removed_hashes():
     pool = BlockPool(4, block_size=BLOCK, event_group=0)
-    first, second, third = pool.allocate(3)
-    pool.cache_blocks(0, [], None)
-    from oss_serve.workers.block_pool import StoredBlock
-
+    first, second, _ = pool.allocate(3)
     pool.cache_blocks(0, [StoredBlock(first, 11, None, [1, 2, 3, 4])], None)
     pool.free([first])
     pool.free([second])
