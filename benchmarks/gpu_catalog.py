@@ -19,23 +19,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
 TERA = 1e12
 
 Interconnect = Literal["pcie3", "pcie4", "pcie5", "nvlink3", "nvlink4", "nvlink5", "nvlink-bridge"]
 
-# Usable one-direction bandwidth (bytes/s) and per-collective latency (s) for TP all-reduces.
-# PCIe numbers are effective (about 80% of the x16 link); GeForce cards without P2P go
-# through host memory, which the PCIe latency figure stands in for.
+# Usable one-direction bandwidth (bytes/s) and the latency (s) of one small all-reduce
+# between two GPUs (it grows with log2 of the group size, see roofline.py). PCIe numbers
+# are effective (about 80% of the x16 link); GeForce cards without P2P go through host
+# memory, which the PCIe latency figure stands in for.
 LINKS: dict[str, tuple[float, float]] = {
-    "pcie3": (12e9, 25e-6),
-    "pcie4": (25e9, 20e-6),
-    "pcie5": (50e9, 15e-6),
+    "pcie3": (12e9, 30e-6),
+    "pcie4": (25e9, 25e-6),
+    "pcie5": (50e9, 20e-6),
     "nvlink-bridge": (100e9, 10e-6),  # H100 NVL pairs: 600 GB/s bridge, both directions
-    "nvlink3": (300e9, 8e-6),  # A100 SXM4: 600 GB/s total
-    "nvlink4": (450e9, 6e-6),  # H100/H200 SXM: 900 GB/s total
-    "nvlink5": (900e9, 5e-6),  # B200: 1.8 TB/s total
+    "nvlink3": (300e9, 10e-6),  # A100 SXM4: 600 GB/s total
+    "nvlink4": (450e9, 8e-6),  # H100/H200 SXM: 900 GB/s total
+    "nvlink5": (900e9, 6e-6),  # B200: 1.8 TB/s total
 }
 
 

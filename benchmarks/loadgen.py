@@ -54,11 +54,6 @@ class LoadPoint:
         cap = f",max={self.max_concurrency}" if self.max_concurrency else ""
         return f"rate={rate}/s{cap}"
 
-    @property
-    def x_value(self) -> float:
-        """Where the point sits on a load axis (concurrency, or rate)."""
-        return float(self.concurrency if self.mode == "concurrency" else self.request_rate or 0)
-
     def to_json(self) -> dict[str, Any]:
         rate = self.request_rate
         return {

@@ -6,7 +6,14 @@ import time
 from types import TracebackType
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from oss_serve.benchmarks.loadgen import Budget, LoadPoint
 from oss_serve.benchmarks.metrics import RequestRecord
@@ -28,7 +35,7 @@ class BenchProgress:
             console=console,
             disable=not (enabled and console.is_terminal),
         )
-        self._task: int | None = None
+        self._task: TaskID | None = None
         self._failed = 0
         self._output_tokens = 0
         self._started_s = time.perf_counter()

@@ -336,7 +336,7 @@ class Workload:
     def _dataset_session(self, session_id: int, row: int, rng: random.Random) -> Session:
         record = self._dataset[row]
         max_tokens = record.get("max_tokens") or self.output_len.sample(rng)
-        extra = {
+        extra: dict[str, Any] = {
             key: record[key]
             for key in ("tools", "tool_choice", "response_format", "reasoning_effort")
             if key in record
