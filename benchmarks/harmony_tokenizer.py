@@ -184,7 +184,7 @@ def run(target_tokens: int, repeat: int) -> dict[str, Any]:
             parser.feed((token,))
 
     library = _library_render(body)
-    results = {
+    results: dict[str, Any] = {
         "prompt_tokens": len(prompt),
         "prompt_chars": len(text),
         "completion_tokens": len(completion),

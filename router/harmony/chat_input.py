@@ -15,7 +15,6 @@ from typing import Any
 
 from oss_serve.router.harmony.conversation import (
     Conversation,
-    DeveloperSpec,
     HarmonyMessage,
     ResponseFormat,
     assistant_message,
@@ -26,17 +25,15 @@ from oss_serve.router.harmony.errors import HarmonyRequestError
 from oss_serve.router.harmony.request_fields import (
     as_list,
     as_mapping,
+    assemble_conversation,
     content_text,
     function_name,
-    function_tool,
+    function_tools,
     optional_str,
     reasoning_effort,
-    reject_duplicate_tools,
     required_str,
     response_format,
-    system_spec,
 )
-from oss_serve.router.harmony.tool_schema import ToolSpec
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 _TEXT_PARTS = ("text",)
@@ -46,7 +43,7 @@ def conversation_from_chat(
     body: Any, *, date: str | None, builtin_tools: Collection[str], model_identity: str
 ) -> Conversation:
     request = as_mapping(body, "body")
-    functions = _chat_tools(request.get("tools"), request.get("tool_choice"))
+    functions = function_tools(request.get("tools"), request.get("tool_choice"), nested=True)
     raw_messages = as_list(request.get("messages"), "messages")
     if not raw_messages:
         raise HarmonyRequestError("messages", "must contain at least one message")
@@ -72,18 +69,16 @@ def conversation_from_chat(
             raise HarmonyRequestError(
                 f"{field}.role", f"unknown role {role!r}; expected one of {', '.join(CHAT_ROLES)}"
             )
-    developer = DeveloperSpec(
-        instructions="\n\n".join(instructions) or None,
+    return assemble_conversation(
+        instructions=instructions,
+        messages=messages,
         functions=functions,
         response_formats=_chat_response_format(request.get("response_format")),
-    )
-    system = system_spec(
         effort=reasoning_effort(request.get("reasoning_effort"), "reasoning_effort"),
         date=date,
         builtin_tools=builtin_tools,
         model_identity=model_identity,
     )
-    return Conversation(system=system, developer=developer, messages=tuple(messages))
 
 
 def _assistant_messages(
@@ -131,32 +126,6 @@ def _tool_message(
         )
     output = content_text(message.get("content"), f"{field}.content", _TEXT_PARTS)
     return function_output_message(call_names[call_id], output or "")
-
-
-def _chat_tools(raw_tools: Any, tool_choice: Any) -> tuple[ToolSpec, ...]:
-    if raw_tools is None:
-        return ()
-    tools = []
-    for index, raw_tool in enumerate(as_list(raw_tools, "tools")):
-        field = f"tools[{index}]"
-        tool = as_mapping(raw_tool, field)
-        if tool.get("type", "function") != "function":
-            raise HarmonyRequestError(
-                f"{field}.type", f"only 'function' tools are supported, got {tool.get('type')!r}"
-            )
-        function = as_mapping(tool.get("function"), f"{field}.function")
-        tools.append(
-            function_tool(
-                function.get("name"),
-                function.get("description"),
-                function.get("parameters"),
-                f"{field}.function",
-                name_field=f"{field}.function.name",
-            )
-        )
-    reject_duplicate_tools(tools, "tools")
-    # tool_choice "none": the model must not call tools, so it should not be shown any.
-    return () if tool_choice == "none" else tuple(tools)
 
 
 def _chat_response_format(raw: Any) -> tuple[ResponseFormat, ...]:

@@ -13,7 +13,14 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from oss_serve.router.harmony.builtin_tools import builtin_namespaces
-from oss_serve.router.harmony.conversation import ReasoningEffort, ResponseFormat, SystemSpec
+from oss_serve.router.harmony.conversation import (
+    Conversation,
+    DeveloperSpec,
+    HarmonyMessage,
+    ReasoningEffort,
+    ResponseFormat,
+    SystemSpec,
+)
 from oss_serve.router.harmony.errors import HarmonyRequestError
 from oss_serve.router.harmony.schema_normalize import normalize_schema
 from oss_serve.router.harmony.tool_schema import ToolSpec
@@ -110,27 +117,38 @@ def checked_schema(value: Any, field: str, *, normalize: bool) -> Mapping[str, A
     return normalized if isinstance(normalized, Mapping) else schema
 
 
-def function_tool(
-    name: Any, description: Any, parameters: Any, field: str, *, name_field: str
-) -> ToolSpec:
-    """One function tool; `field` is where its description/parameters live in the body."""
-    return ToolSpec(
-        name=function_name(name, name_field),
-        description=optional_str(description, f"{field}.description") or "",
-        parameters=(
-            None
-            if parameters is None
-            else checked_schema(parameters, f"{field}.parameters", normalize=True)
-        ),
-    )
-
-
-def reject_duplicate_tools(tools: list[ToolSpec], field: str) -> None:
-    seen: set[str] = set()
-    for tool in tools:
-        if tool.name in seen:
-            raise HarmonyRequestError(field, f"function {tool.name!r} is defined twice")
-        seen.add(tool.name)
+def function_tools(raw_tools: Any, tool_choice: Any, *, nested: bool) -> tuple[ToolSpec, ...]:
+    """The request's function tools; `nested`: Chat's `{"type", "function": {...}}` shape,
+    else the Responses API's flat one. `tool_choice="none"` shows the model no tools."""
+    if raw_tools is None:
+        return ()
+    tools: list[ToolSpec] = []
+    for index, raw_tool in enumerate(as_list(raw_tools, "tools")):
+        field = f"tools[{index}]"
+        tool = as_mapping(raw_tool, field)
+        if tool.get("type", "function" if nested else None) != "function":
+            raise HarmonyRequestError(
+                f"{field}.type",
+                f"only 'function' tools are supported, got {tool.get('type')!r} "
+                "(built-in tools are enabled by the server)",
+            )
+        spec_field = f"{field}.function" if nested else field
+        spec = as_mapping(tool.get("function"), spec_field) if nested else tool
+        name = function_name(spec.get("name"), f"{spec_field}.name")
+        if any(known.name == name for known in tools):
+            raise HarmonyRequestError("tools", f"function {name!r} is defined twice")
+        parameters = spec.get("parameters")
+        tools.append(
+            ToolSpec(
+                name=name,
+                description=optional_str(spec.get("description"), f"{spec_field}.description")
+                or "",
+                parameters=None
+                if parameters is None
+                else checked_schema(parameters, f"{spec_field}.parameters", normalize=True),
+            )
+        )
+    return () if tool_choice == "none" else tuple(tools)
 
 
 def response_format(
@@ -164,19 +182,30 @@ def reasoning_effort(value: Any, field: str) -> ReasoningEffort:
     raise HarmonyRequestError(field, f"must be one of low, medium, high; got {value!r}")
 
 
-def system_spec(
+def assemble_conversation(
     *,
+    instructions: list[str],
+    messages: list[HarmonyMessage],
+    functions: tuple[ToolSpec, ...],
+    response_formats: tuple[ResponseFormat, ...],
     effort: ReasoningEffort,
     date: str | None,
     builtin_tools: Collection[str],
     model_identity: str,
-) -> SystemSpec:
-    return SystemSpec(
+) -> Conversation:
+    """The Conversation both API adapters end with; server options complete the system part."""
+    developer = DeveloperSpec(
+        instructions="\n\n".join(instructions) or None,
+        functions=functions,
+        response_formats=response_formats,
+    )
+    system = SystemSpec(
         date=_checked_date(date),
         reasoning_effort=effort,
         model_identity=model_identity,
         builtin_namespaces=builtin_namespaces(builtin_tools),
     )
+    return Conversation(system=system, developer=developer, messages=tuple(messages))
 
 
 def _checked_date(date: str | None) -> str:

@@ -14,7 +14,6 @@ from typing import Any
 
 from oss_serve.router.harmony.conversation import (
     Conversation,
-    DeveloperSpec,
     HarmonyMessage,
     ResponseFormat,
     assistant_message,
@@ -25,17 +24,15 @@ from oss_serve.router.harmony.errors import HarmonyRequestError
 from oss_serve.router.harmony.request_fields import (
     as_list,
     as_mapping,
+    assemble_conversation,
     content_text,
     function_name,
-    function_tool,
+    function_tools,
     optional_str,
     reasoning_effort,
-    reject_duplicate_tools,
     required_str,
     response_format,
-    system_spec,
 )
-from oss_serve.router.harmony.tool_schema import ToolSpec
 
 _MESSAGE_PARTS = ("input_text", "output_text", "text")
 _REASONING_PARTS = ("reasoning_text", "text")
@@ -122,44 +119,16 @@ def conversation_from_responses(
             items.add(entry, f"input[{index}]", following.get("type"))
     reasoning = request.get("reasoning")
     effort = None if reasoning is None else as_mapping(reasoning, "reasoning").get("effort")
-    developer = DeveloperSpec(
-        instructions="\n\n".join(items.instructions) or None,
-        functions=_responses_tools(request.get("tools"), request.get("tool_choice")),
+    return assemble_conversation(
+        instructions=items.instructions,
+        messages=items.messages,
+        functions=function_tools(request.get("tools"), request.get("tool_choice"), nested=False),
         response_formats=_responses_format(request.get("text")),
-    )
-    system = system_spec(
         effort=reasoning_effort(effort, "reasoning.effort"),
         date=date,
         builtin_tools=builtin_tools,
         model_identity=model_identity,
     )
-    return Conversation(system=system, developer=developer, messages=tuple(items.messages))
-
-
-def _responses_tools(raw_tools: Any, tool_choice: Any) -> tuple[ToolSpec, ...]:
-    if raw_tools is None:
-        return ()
-    tools = []
-    for index, raw_tool in enumerate(as_list(raw_tools, "tools")):
-        field = f"tools[{index}]"
-        tool = as_mapping(raw_tool, field)
-        if tool.get("type") != "function":
-            raise HarmonyRequestError(
-                f"{field}.type",
-                f"only 'function' tools are supported here, got {tool.get('type')!r} "
-                "(built-in tools are enabled by the server)",
-            )
-        tools.append(
-            function_tool(
-                tool.get("name"),
-                tool.get("description"),
-                tool.get("parameters"),
-                field,
-                name_field=f"{field}.name",
-            )
-        )
-    reject_duplicate_tools(tools, "tools")
-    return () if tool_choice == "none" else tuple(tools)
 
 
 def _responses_format(raw_text: Any) -> tuple[ResponseFormat, ...]:

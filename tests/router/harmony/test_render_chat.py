@@ -32,7 +32,7 @@ def _text(body: dict, **kwargs) -> str:
     return o200k_harmony().decode(render_chat_request(body, date=DATE, **kwargs))
 
 
-def _user(text: str = "hi") -> dict:
+def _user(text: str | list[dict] = "hi") -> dict:
     return {"role": "user", "content": text}
 
 
