@@ -133,6 +133,7 @@ class AsyncEngine:
 
         def abort(core: EngineCore) -> None:
             output = core.abort_request(request_id)
+            self._stats = core.stats()
             if output is not None:
                 self._deliver([output])
 
@@ -172,11 +173,13 @@ class AsyncEngine:
             while not self._stopping:
                 self._drain_commands(core)
                 if core.has_unfinished_requests():
-                    self._deliver(core.step())
+                    outputs = core.step()
+                    self._stats = core.stats()  # before delivery: callers see it up to date
+                    self._deliver(outputs)
                 else:
+                    self._stats = core.stats()
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
-                self._stats = core.stats()
         except BaseException as exc:
             log.exception("engine loop failed")
             self._error = exc
