@@ -61,8 +61,15 @@ class RayClusterScaler:
             path = f"/spec/workerGroupSpecs/{index[pool]}"
             patch.append({"op": "test", "path": f"{path}/groupName", "value": pool})
             patch.append({"op": "replace", "path": f"{path}/replicas", "value": int(replicas)})
+        # The client defaults to a merge patch; a list of operations is a JSON patch.
         self.api.patch_namespaced_custom_object(
-            RAY_GROUP, RAY_VERSION, self.namespace, RAY_PLURAL, self.name, patch
+            RAY_GROUP,
+            RAY_VERSION,
+            self.namespace,
+            RAY_PLURAL,
+            self.name,
+            patch,
+            _content_type="application/json-patch+json",
         )
 
 

@@ -261,11 +261,11 @@ def _add_for_late_backlog(
     reason = f"queue wait {backlog.oldest_wait_s:.1f}s over SLO, backlog {backlog.undelivered}"
     ready = [v for v in _preference(policy, views) if v.live >= v.current]
     for view in ready:
-        room = view.policy.max_replicas - max(view.desired, view.current)
+        room = view.policy.max_replicas - view.current
         if room <= 0:
             continue
         add = min(room, max(1, math.ceil(remaining / _capacity(policy, view, 1))))
-        view.desired = max(view.desired, view.current) + add
+        view.desired = max(view.desired, view.current + add)
         view.reason = reason
         remaining -= _capacity(policy, view, add)
         if remaining <= 0:
