@@ -219,6 +219,8 @@ def _parse(text: str, **kwargs):
         "<|channel|>commentary to=functions.get_weather json<|message|>{}<|call|>",
         "<|channel|>commentary to=functions.get_weather<|message|>{}<|call|>",
         "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|> json<|message|>{}<|call|>",
+        # Right after the `<|start|>assistant` prompt: the recipient comes first.
+        " to=functions.get_weather<|channel|>commentary <|constrain|>json<|message|>{}<|call|>",
     ],
     ids=[
         "after-channel",
@@ -227,6 +229,7 @@ def _parse(text: str, **kwargs):
         "json-no-constrain",
         "no-type",
         "constrain-space",
+        "recipient-first-after-prompt",
     ],
 )
 def test_recipient_before_or_after_the_channel_and_constrain_variants_give_a_tool_call(text):
