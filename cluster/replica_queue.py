@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
@@ -201,7 +202,8 @@ class ReplicaQueue:
 
     async def refresh_dead_replicas(self) -> list[str]:
         """Update which registered replicas are dead (heartbeat gone for dead_after_s)."""
-        members = sorted(m.decode() for m in await self._redis.smembers(self._keys.replicas))  # type: ignore[misc]
+        raw_members: Any = await self._redis.smembers(self._keys.replicas)
+        members = sorted(m.decode() for m in raw_members)
         others = [m for m in members if m != self.replica_id]
         async with self._redis.pipeline(transaction=False) as pipe:
             for replica in others:
@@ -261,12 +263,12 @@ class ReplicaQueue:
         self, streams: dict[str, str], *, count: int, block_ms: int | None
     ) -> list[Delivery]:
         try:
-            reply = await self._redis.xreadgroup(
+            reply: Any = await self._redis.xreadgroup(
                 CONSUMER_GROUP,
                 self.replica_id,
-                streams,
+                dict(streams),  # type: ignore[arg-type]
                 count=count,
-                block=block_ms,  # type: ignore[arg-type]
+                block=block_ms,
             )
         except redis_errors.ResponseError as err:
             if "NOGROUP" not in str(err):

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     max_delivery_attempts: int = 3  # deliveries before a request is dead-lettered
     router_link_grace_s: float = 10.0  # a replica gives up on an unreachable owning router after
     kv_events_maxlen: int = 1_000_000
+    max_num_seqs: int = 256  # replica engine: max running sequences (vLLM's --max-num-seqs)
+    max_num_batched_tokens: int = 2048  # replica engine: token budget per step
 
     @classmethod
     def settings_customise_sources(

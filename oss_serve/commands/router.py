@@ -1,15 +1,61 @@
-"""`oss-serve router`: one router process (HTTP + gRPC), as Kubernetes runs it."""
+"""`oss-serve router`: one router process (gRPC API + replica links), as Kubernetes runs it."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Annotated
+
 import typer
 
-from oss_serve.commands._common import ConfigOption, not_implemented
+from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
 
 
-def router(config: ConfigOption = None) -> None:
-    """Run the router: OpenAI HTTP API and gRPC API in front of the Redis queues."""
-    not_implemented("router", "Router: gRPC API, Redis request queues, prefix-cache-aware routing")
+def router(
+    config: ConfigOption = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="redis://[:password@]host:port/db")
+    ] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option("--grpc-port", help="gRPC port (0 = any free port).")
+    ] = None,
+    advertise_host: Annotated[
+        str | None, typer.Option("--advertise-host", help="Host replicas use to reach this router.")
+    ] = None,
+    routing_policy: Annotated[
+        str | None,
+        typer.Option("--routing-policy", help="round_robin, least_load or prefix_aware."),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", help="Redis key namespace.")
+    ] = None,
+    max_queue_wait_s: Annotated[
+        float | None,
+        typer.Option("--max-queue-wait-s", help="Refuse (429) beyond this estimated wait."),
+    ] = None,
+    max_queued_per_replica: Annotated[
+        int | None,
+        typer.Option("--max-queued-per-replica", help="Refuse (429) beyond this backlog."),
+    ] = None,
+) -> None:
+    """Run the router: the gRPC API in front of the Redis queues, routing by prefix cache and load."""
+    from oss_serve.router.server import run_router
+
+    settings = settings_from_flags(
+        config,
+        redis_url=redis_url,
+        host=host,
+        grpc_port=grpc_port,
+        advertise_host=advertise_host,
+        routing_policy=routing_policy,
+        redis_namespace=namespace,
+        max_queue_wait_s=max_queue_wait_s,
+        max_queued_per_replica=max_queued_per_replica,
+    )
+    try:
+        asyncio.run(run_router(settings))
+    except (ValueError, OSError) as err:
+        fail(str(err))
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import Redis
 
 from oss_serve.common.redis_keys import CONSUMER_GROUP, LANES, OVERFLOW, RedisKeys
@@ -52,10 +54,11 @@ class RequestQueue:
         alive_key = "" if target == OVERFLOW else self._keys.replica(target)
         ((field, payload),) = encode_record(record).items()
         session = self._keys.session(session_key) if session_key and target != OVERFLOW else ""
-        args = [alive_key, field, payload, session, target, str(max(1, int(session_ttl_s * 1000)))]
+        ttl_ms = str(max(1, int(session_ttl_s * 1000)))
+        args: list[str | bytes] = [alive_key, field, payload, session, target, ttl_ms]
 
-        async def run() -> bytes | None:
-            return await self._enqueue(keys=[stream], args=args)  # type: ignore[no-any-return]
+        async def run() -> Any:
+            return await self._enqueue(keys=[stream], args=args)
 
         entry_id = await retry_transient(
             run, what="enqueueing a request", timeout_s=self._retry_timeout_s
@@ -67,8 +70,8 @@ class RequestQueue:
     async def withdraw(self, stream: str, entry_id: str) -> bool:
         """Delete an entry (a cancelled request); a replica that already pulled it is told at Start."""
 
-        async def run() -> int:
-            return await self._redis.xdel(stream, entry_id)  # type: ignore[no-any-return]
+        async def run() -> Any:
+            return await self._redis.xdel(stream, entry_id)
 
         return bool(
             await retry_transient(
@@ -81,7 +84,7 @@ class RequestQueue:
         return await undelivered(self._redis, [self._keys.overflow_stream(lane) for lane in LANES])
 
     async def session_replica(self, session_key: str) -> str | None:
-        value = await self._redis.get(self._keys.session(session_key))
+        value: Any = await self._redis.get(self._keys.session(session_key))
         return value.decode() if value else None
 
 

@@ -28,6 +28,7 @@ BATCH_FIELD = b"batch"
 STORED = replica_link_pb2.KvEvent.STORED
 REMOVED = replica_link_pb2.KvEvent.REMOVED
 CLEARED = replica_link_pb2.KvEvent.CLEARED
+_FOLLOW_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis_errors.ResponseError)
 _KIND_OF_NAME = {"stored": STORED, "removed": REMOVED, "cleared": CLEARED, "all_cleared": CLEARED}
 
 
@@ -91,7 +92,7 @@ class KvEventPublisher:
             batch.events.add(kind=kind, block_hashes=hashes)
         if not batch.events:
             return 0
-        payload = {BATCH_FIELD: batch.SerializeToString()}
+        payload: dict[Any, Any] = {BATCH_FIELD: batch.SerializeToString()}
         while True:
             try:
                 await self._redis.xadd(
@@ -120,7 +121,7 @@ class KvEventFollower:
 
     async def poll(self, block_ms: int | None = None, count: int = 512) -> int:
         """Apply the next batches (waiting up to block_ms for one); returns how many."""
-        reply = await self._redis.xread(
+        reply: Any = await self._redis.xread(
             {self._keys.kv_events: self.last_id}, count=count, block=block_ms
         )
         applied = 0
@@ -141,6 +142,6 @@ class KvEventFollower:
         while True:
             try:
                 await self.poll(block_ms)
-            except (*TRANSIENT_ERRORS, redis_errors.ResponseError) as err:
+            except _FOLLOW_ERRORS as err:
                 log.warning("kv events unreadable, retrying", error=str(err))
                 await asyncio.sleep(0.5)

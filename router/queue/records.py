@@ -11,7 +11,7 @@ from oss_serve.protos import inference_pb2, replica_link_pb2
 RECORD_FIELD = b"record"
 INTERACTIVE, BATCH = LANES
 
-_LANE_OF_ENUM = {
+_LANE_OF_ENUM: dict[int, str] = {
     inference_pb2.LANE_UNSPECIFIED: INTERACTIVE,
     inference_pb2.LANE_INTERACTIVE: INTERACTIVE,
     inference_pb2.LANE_BATCH: BATCH,

@@ -89,7 +89,8 @@ def _convert(type_name: Any, value: str) -> Any:
 
 async def read_registry(redis: Redis, keys: RedisKeys) -> dict[str, ReplicaLoad]:
     """Every replica whose heartbeat key is alive, by id (one round trip per call batch)."""
-    members = sorted(_text(m) for m in await redis.smembers(keys.replicas))  # type: ignore[misc]
+    raw_members: Any = await redis.smembers(keys.replicas)
+    members = sorted(_text(m) for m in raw_members)
     if not members:
         return {}
     async with redis.pipeline(transaction=False) as pipe:

@@ -1,0 +1,100 @@
+"""A router's picture of the replicas: the Redis registry, refreshed in the background,
+plus what this router routed to each replica since that replica's last load report.
+
+Replicas that vanish from the registry (heartbeat expired) or restart (new `started_ts`)
+lose their blocks in the prefix index, so routing never trusts a cache that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from oss_serve.common.logging import get_logger
+from oss_serve.common.redis_keys import RedisKeys
+from oss_serve.router.policies import Candidate
+from oss_serve.router.prefix_index import PrefixIndex
+from oss_serve.router.queue.enqueue import undelivered
+from oss_serve.router.queue.redis_client import TRANSIENT_ERRORS
+from oss_serve.router.queue.registry import ReplicaLoad, read_registry
+
+log = get_logger(__name__)
+
+
+@dataclass
+class _Unreported:
+    heartbeat_ts: float = 0.0
+    requests: int = 0
+    blocks: int = 0
+
+
+class ClusterView:
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, index: PrefixIndex, *, refresh_interval_s: float = 0.2
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.index = index
+        self.refresh_interval_s = refresh_interval_s
+        self.replicas: dict[str, ReplicaLoad] = {}
+        self.overflow_backlog = 0
+        self.redis_ok = False
+        self._unreported: dict[str, _Unreported] = {}
+        self._refreshed = asyncio.Event()
+
+    async def refresh(self) -> None:
+        replicas = await read_registry(self._redis, self._keys)
+        overflow = [self._keys.overflow_stream(lane) for lane in ("interactive", "batch")]
+        self.overflow_backlog = await undelivered(self._redis, overflow)
+        for replica_id, old in self.replicas.items():
+            new = replicas.get(replica_id)
+            if new is None or new.started_ts != old.started_ts:
+                self.index.clear(replica_id)
+        for replica_id, load in replicas.items():
+            unreported = self._unreported.setdefault(replica_id, _Unreported(load.heartbeat_ts))
+            if load.heartbeat_ts != unreported.heartbeat_ts:
+                self._unreported[replica_id] = _Unreported(load.heartbeat_ts)
+        for gone in set(self._unreported) - set(replicas):
+            del self._unreported[gone]
+        self.replicas = replicas
+        self.redis_ok = True
+        self._refreshed.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except TRANSIENT_ERRORS as err:
+                if self.redis_ok:
+                    log.warning("registry unreadable, keeping the last view", error=str(err))
+                self.redis_ok = False
+            await asyncio.sleep(self.refresh_interval_s)
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        await asyncio.wait_for(self._refreshed.wait(), timeout_s)
+
+    def models(self) -> dict[str, int]:
+        """Served model name -> its max model length, over healthy replicas."""
+        served: dict[str, int] = {}
+        for load in self.replicas.values():
+            if not load.draining:
+                served[load.model] = max(served.get(load.model, 0), load.max_model_len)
+        return served
+
+    def candidates(self, model: str) -> list[Candidate]:
+        """Healthy, non-draining replicas serving `model` ('' = any), with local counts."""
+        chosen = []
+        for replica_id, load in self.replicas.items():
+            if load.draining or (model and load.model != model):
+                continue
+            unreported = self._unreported.get(replica_id, _Unreported())
+            chosen.append(Candidate(load, unreported.requests, unreported.blocks))
+        return chosen
+
+    def note_routed(self, replica_id: str, prompt_blocks: int) -> None:
+        unreported = self._unreported.get(replica_id)
+        if unreported is not None:
+            unreported.requests += 1
+            unreported.blocks += prompt_blocks

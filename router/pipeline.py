@@ -1,0 +1,271 @@
+"""The one request pipeline both front ends use: validate -> render -> admit -> route ->
+enqueue -> stream back.
+
+gRPC (`grpc_api.py`) and the OpenAI HTTP API hand a request here and relay what comes out;
+neither has its own routing, queueing or error mapping. Errors are `RequestError`s that
+know their gRPC and HTTP status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from oss_serve.common.logging import get_logger
+from oss_serve.common.redis_keys import LANES, OVERFLOW
+from oss_serve.common.vocab import STOP_TOKEN_IDS
+from oss_serve.protos import inference_pb2, replica_link_pb2
+from oss_serve.router.admission import Admission
+from oss_serve.router.cluster_view import ClusterView
+from oss_serve.router.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    ModelNotFound,
+    RequestFailed,
+    Unavailable,
+)
+from oss_serve.router.link import LinkEvent, LinkHub, OwnedRequest
+from oss_serve.router.policies import Candidate, RouteRequest, RoutingPolicy
+from oss_serve.router.prefix_index import PromptBlocks
+from oss_serve.router.queue.enqueue import ReplicaGone, RequestQueue
+from oss_serve.router.sampling import check_prompt, checked_sampling
+
+log = get_logger(__name__)
+ENQUEUE_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A tokenized request, as both front ends hand it to the pipeline."""
+
+    prompt_token_ids: Sequence[int]
+    sampling: inference_pb2.SamplingParams = field(default_factory=inference_pb2.SamplingParams)
+    model: str = ""
+    request_id: str = ""  # the client's id, echoed back; routing uses an internal unique id
+    session_key: str = ""
+    lane: str = LANES[0]
+    priority: int = 0
+    timeout_s: float | None = None
+
+
+@dataclass
+class TokenChunk:
+    request_id: str
+    token_ids: list[int]
+    logprobs: list[inference_pb2.TokenLogprob] = field(default_factory=list)
+    finish_reason: str = ""
+    usage: inference_pb2.Usage | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    router_id: str
+    reply_to: str  # this router's link address, host:port, as replicas reach it
+    session_ttl_s: float = 600.0
+    request_timeout_s: float = 600.0
+
+
+class RequestPipeline:
+    def __init__(
+        self,
+        *,
+        view: ClusterView,
+        hub: LinkHub,
+        queue: RequestQueue,
+        policy: RoutingPolicy,
+        admission: Admission,
+        config: PipelineConfig,
+    ) -> None:
+        self.view = view
+        self.hub = hub
+        self.queue = queue
+        self.policy = policy
+        self.admission = admission
+        self.config = config
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
+        """Stream the request's output; stopping iteration early cancels it everywhere."""
+        if request.lane not in LANES:
+            raise InvalidRequest(f"lane must be one of {', '.join(LANES)}", field="lane")
+        check_prompt(request.prompt_token_ids)
+        candidates = self._candidates(request.model)
+        max_model_len = min(
+            (c.load.max_model_len for c in candidates if c.load.max_model_len), default=0
+        )
+        sampling = checked_sampling(
+            request.sampling, prompt_len=len(request.prompt_token_ids), max_model_len=max_model_len
+        )
+        room = self.admission.admit(candidates, self.view.overflow_backlog)
+        timeout_s = (
+            request.timeout_s if request.timeout_s is not None else self.config.request_timeout_s
+        )
+        internal_id = uuid.uuid4().hex
+        owned = OwnedRequest(
+            internal_id,
+            max_tokens=sampling.max_tokens,
+            stop_token_ids=frozenset()
+            if sampling.ignore_eos
+            else frozenset((*STOP_TOKEN_IDS, *sampling.stop_token_ids)),
+        )
+        record = replica_link_pb2.QueueRecord(
+            request_id=internal_id,
+            router_id=self.config.router_id,
+            reply_to=self.config.reply_to,
+            model=request.model,
+            prompt_token_ids=request.prompt_token_ids,
+            sampling=sampling,
+            priority=request.priority,
+            lane=request.lane,
+            enqueued_unix_s=time.time(),
+            deadline_unix_s=time.time() + timeout_s,
+        )
+        route = RouteRequest(
+            internal_id,
+            PromptBlocks(request.prompt_token_ids, room[0].load.block_size or 16),
+            _session_hash(request.session_key) if request.session_key else None,
+        )
+        self.hub.own(owned)
+        routed_to = ""
+        try:
+            routed_to = await self._route_and_enqueue(route, record, owned, room)
+            client_id = request.request_id or f"req-{internal_id}"
+            async for chunk in self._stream_back(
+                owned, client_id, len(record.prompt_token_ids), timeout_s
+            ):
+                if routed_to == OVERFLOW and owned.owner is not None:
+                    self.policy.on_routed(route, owned.owner.replica_id)
+                    routed_to = owned.owner.replica_id
+                yield chunk
+        finally:
+            if not owned.finished:
+                self._abandon(owned)
+            self.hub.release(internal_id)
+
+    # --- steps ------------------------------------------------------------------------
+
+    def _candidates(self, model: str) -> list[Candidate]:
+        candidates = self.view.candidates(model)
+        if candidates:
+            return candidates
+        if not self.view.redis_ok and not self.view.replicas:
+            raise Unavailable("the request queue (Redis) is unreachable; retry shortly")
+        served = sorted(self.view.models())
+        if model and served:
+            raise ModelNotFound(
+                f"model {model!r} is not served here; available: {', '.join(served)}", field="model"
+            )
+        raise Unavailable("no healthy replica is serving; retry shortly")
+
+    async def _route_and_enqueue(
+        self,
+        route: RouteRequest,
+        record: replica_link_pb2.QueueRecord,
+        owned: OwnedRequest,
+        room: list[Candidate],
+    ) -> str:
+        for _ in range(ENQUEUE_ATTEMPTS):
+            target = await self._choose(route, room)
+            record.routed_to = target
+            try:
+                stream, entry_id = await self.queue.enqueue(
+                    target,
+                    record,
+                    session_key=route.session_key,
+                    session_ttl_s=self.config.session_ttl_s,
+                )
+            except ReplicaGone:
+                room = [c for c in room if c.replica_id != target]
+                if not room:
+                    break
+                continue
+            if not self.hub.enqueued(owned, stream, entry_id):  # a retried XADD landed twice
+                await self.queue.withdraw(stream, entry_id)
+            if target != OVERFLOW:
+                self.policy.on_routed(route, target)
+                self.view.note_routed(target, route.prompt.num_blocks)
+            return target
+        raise Unavailable("the chosen replicas stopped while the request was being queued; retry")
+
+    async def _choose(self, route: RouteRequest, room: list[Candidate]) -> str:
+        if route.session_key:
+            sticky = await self.queue.session_replica(route.session_key)
+            if sticky is not None and any(c.replica_id == sticky for c in room):
+                return sticky
+        decision = self.policy.select(route, room)
+        saturated = all(0 < c.load.max_running <= c.requests for c in room)
+        if saturated and decision.matched_blocks == 0 and not route.session_key:
+            return OVERFLOW  # every replica is full: the first one with room takes it
+        return decision.replica_id
+
+    async def _stream_back(
+        self, owned: OwnedRequest, client_id: str, prompt_tokens: int, timeout_s: float
+    ) -> AsyncIterator[TokenChunk]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining_s = deadline - time.monotonic()
+            try:
+                event = await asyncio.wait_for(owned.events.get(), max(remaining_s, 0.0))
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"the request did not finish within {timeout_s:g} s"
+                ) from None
+            event = _merge_queued(event, owned.events)
+            if event.failure:
+                error = InvalidRequest if event.invalid_request else RequestFailed
+                raise error(f"the request failed: {event.failure}")
+            chunk = TokenChunk(client_id, event.token_ids, event.logprobs, event.finish_reason)
+            if event.finish_reason:
+                chunk.usage = inference_pb2.Usage(
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=len(owned.emitted),
+                    cached_prompt_tokens=owned.num_cached_tokens or 0,
+                )
+                yield chunk
+                return
+            yield chunk
+
+    def _abandon(self, owned: OwnedRequest) -> None:
+        """The client went away (cancel, deadline, error): stop the request everywhere.
+
+        A running request is cancelled over its replica's link; one still queued is
+        withdrawn from its stream (and refused at Start should a replica hold it already).
+        """
+        told_replica = self.hub.cancel(owned.request_id, "client cancelled")
+        if not told_replica and owned.stream and owned.entry_id:
+            _detach(self._withdraw(owned.stream, owned.entry_id))
+
+    async def _withdraw(self, stream: str, entry_id: str) -> None:
+        with suppress(Exception):
+            await self.queue.withdraw(stream, entry_id)
+
+
+def _merge_queued(event: LinkEvent, events: asyncio.Queue[LinkEvent]) -> LinkEvent:
+    """Fold events that are already waiting into one chunk (fewer, larger messages)."""
+    while not (event.finish_reason or event.failure) and not events.empty():
+        more = events.get_nowait()
+        if more.failure:
+            return more
+        event = LinkEvent(
+            event.token_ids + more.token_ids, event.logprobs + more.logprobs, more.finish_reason
+        )
+    return event
+
+
+def _session_hash(session_key: str) -> str:
+    """Session keys are user input: store a fixed-size digest, never the raw key."""
+    return hashlib.sha256(session_key.encode()).hexdigest()[:32]
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _detach(coroutine: object) -> None:
+    """Run clean-up even though the calling task is being cancelled."""
+    task = asyncio.ensure_future(coroutine)  # type: ignore[call-overload]
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -1,0 +1,165 @@
+"""One router process: the gRPC server (Inference API, replica links, health) and the
+background loops that keep its view of the replicas and their caches fresh.
+
+The HTTP API (OpenAI-compatible) runs in the same process on `RouterServer.pipeline`.
+The router holds no state that matters across restarts: everything shared is in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from contextlib import suppress
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from oss_serve.common.logging import get_logger
+from oss_serve.common.redis_keys import RedisKeys
+from oss_serve.common.settings import Settings
+from oss_serve.protos import inference_pb2, inference_pb2_grpc, replica_link_pb2_grpc
+from oss_serve.router.admission import Admission
+from oss_serve.router.cluster_view import ClusterView
+from oss_serve.router.grpc_api import InferenceService
+from oss_serve.router.link import LinkHub
+from oss_serve.router.pipeline import PipelineConfig, RequestPipeline
+from oss_serve.router.policies import make_policy
+from oss_serve.router.prefix_index import PrefixIndex
+from oss_serve.router.queue.enqueue import RequestQueue
+from oss_serve.router.queue.kv_events import KvEventFollower
+from oss_serve.router.queue.redis_client import connect
+
+log = get_logger(__name__)
+INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class RouterServer:
+    def __init__(self, settings: Settings, *, router_id: str | None = None) -> None:
+        if settings.redis_url is None:
+            raise ValueError("the router needs --redis-url (or OSS_SERVE_REDIS_URL)")
+        self.settings = settings
+        self.router_id = (
+            router_id or f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        )
+        self.redis = connect(settings.redis_url.get_secret_value())
+        keys = RedisKeys(settings.redis_namespace)
+        self.index = PrefixIndex(settings.prefix_index_max_blocks)
+        self.view = ClusterView(self.redis, keys, self.index)
+        self.events = KvEventFollower(self.redis, keys, self.index)
+        self.hub = LinkHub()
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._queue = RequestQueue(self.redis, keys)
+        self.pipeline: RequestPipeline | None = None
+
+    @property
+    def address(self) -> str:
+        """The host:port replicas use to reach this router (its link address)."""
+        host = self.settings.advertise_host or self.settings.host
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ]
+        )
+        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.host}:{settings.grpc_port} (port taken?)")
+        policy = make_policy(
+            settings.routing_policy,
+            index=self.index,
+            overlap_weight=settings.prefix_overlap_weight,
+            balance_abs_threshold=settings.balance_abs_threshold,
+            balance_rel_threshold=settings.balance_rel_threshold,
+        )
+        self.pipeline = RequestPipeline(
+            view=self.view,
+            hub=self.hub,
+            queue=self._queue,
+            policy=policy,
+            admission=Admission(settings.max_queue_wait_s, settings.max_queued_per_replica),
+            config=PipelineConfig(
+                router_id=self.router_id,
+                reply_to=self.address,
+                session_ttl_s=settings.session_ttl_s,
+                request_timeout_s=settings.request_timeout_s,
+            ),
+        )
+        inference_pb2_grpc.add_InferenceServicer_to_server(
+            InferenceService(self.pipeline), self._server
+        )
+        replica_link_pb2_grpc.add_ReplicaLinkServicer_to_server(self.hub, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        await self._server.start()
+        self._tasks = [
+            asyncio.create_task(self.view.run()),
+            asyncio.create_task(self.events.run()),
+            asyncio.create_task(self._report_health()),
+        ]
+        log.info(
+            "router started",
+            router_id=self.router_id,
+            address=self.address,
+            policy=settings.routing_policy,
+        )
+
+    async def _report_health(self) -> None:
+        """SERVING while Redis answers and at least one replica is healthy."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        while True:
+            status = serving if self.view.redis_ok and self.view.replicas else not_serving
+            for service in ("", INFERENCE_SERVICE):
+                await self.health.set(service, status)
+            await asyncio.sleep(0.5)
+
+    async def wait_for_replicas(self, count: int, timeout_s: float = 60.0) -> None:
+        """Block until the view holds `count` healthy replicas (start-up, tests)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(self.view.replicas) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{len(self.view.replicas)} of {count} replicas registered")
+            await asyncio.sleep(0.05)
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError):
+                await task
+        await self.redis.aclose()
+        log.info("router stopped", router_id=self.router_id)
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def run_router(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then stop gracefully."""
+    import signal
+
+    server = RouterServer(settings)
+    await server.start()
+    print(f"router {server.router_id} serving gRPC on {server.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop()
