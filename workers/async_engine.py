@@ -126,7 +126,11 @@ class AsyncEngine:
         finally:
             self._streams.pop(request_id, None)
             if not finished:
-                self._submit(lambda core: core.abort_request(request_id), None)
+
+                def abort(core: EngineCore) -> None:
+                    core.abort_request(request_id)
+
+                self._submit(abort, None)
 
     async def abort(self, request_id: str) -> None:
         """End a request; its iterator yields a last output with finish_reason "abort"."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Tokenizer(Protocol):
@@ -18,7 +18,7 @@ class Tokenizer(Protocol):
 
     def decode_single_token_bytes(self, token: int) -> bytes: ...
 
-    def encode(self, text: str, *, allowed_special: str | set[str] = ...) -> list[int]: ...
+    def encode(self, text: str, *, allowed_special: Any = ...) -> list[int]: ...
 
 
 def is_special_token(token_id: int) -> bool:

@@ -86,7 +86,7 @@ def kv_cache_spec_for(
     if full:
         groups.append(KVGroupSpec(FULL_ATTENTION, full))
     if sliding:
-        groups.append(KVGroupSpec(SLIDING_ATTENTION, sliding, sliding_window=int(window)))
+        groups.append(KVGroupSpec(SLIDING_ATTENTION, sliding, sliding_window=int(window or 0)))
     kv_heads = int(model_config.num_key_value_heads)
     if kv_heads % tp_size:
         raise ValueError(f"num_key_value_heads={kv_heads} is not divisible by tp_size={tp_size}")

@@ -8,6 +8,8 @@ rank may run the whole step and agree on the tokens without a broadcast.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +28,15 @@ from oss_serve.workers.scheduler_output import (
 PROMPT_LOGPROB_ROWS_PER_CHUNK = 256  # bounds the [rows, vocab] logits held at once
 
 
+@dataclass
+class RunnerTimings:
+    """Seconds spent per phase since start: the CPU overhead is everything but the forward."""
+
+    prepare_s: float = 0.0
+    forward_s: float = 0.0
+    sample_s: float = 0.0
+
+
 class ModelRunner:
     def __init__(self, model: Any, spec: KVCacheSpec, device: torch.device | str) -> None:
         self.model = model
@@ -34,6 +45,7 @@ class ModelRunner:
         self.states = RequestStates()
         self.sampler = Sampler()
         self.kv_caches: list[torch.Tensor] = []
+        self.timings = RunnerTimings()
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One tensor per layer rank-in-group; layer j of each group shares tensor j."""
@@ -49,8 +61,13 @@ class ModelRunner:
         self.states.update(scheduled)
         if scheduled.is_empty:
             return ModelRunnerOutput()
+        started = time.perf_counter()
         inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
+        prepared = time.perf_counter()
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        forwarded = time.perf_counter()
         output = ModelRunnerOutput(
             request_ids=inputs.request_ids,
             sampled_token_ids=[[] for _ in inputs.request_ids],
@@ -58,6 +75,9 @@ class ModelRunner:
         )
         self._sample(hidden, inputs, output)
         self._prompt_logprobs(hidden, inputs, output)
+        self.timings.prepare_s += prepared - started
+        self.timings.forward_s += forwarded - prepared
+        self.timings.sample_s += time.perf_counter() - forwarded
         return output
 
     def _sample(self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput) -> None:
