@@ -15,6 +15,7 @@ from oss_serve.common.logging import get_logger
 from oss_serve.workers.engine_config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from oss_serve.workers.kv_cache_spec import KVCacheSpec, kv_cache_spec_for
 from oss_serve.workers.model_runner import ModelRunner
+from oss_serve.workers.parallel import ParallelContext
 from oss_serve.workers.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 log = get_logger(__name__)
@@ -53,10 +54,18 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 class LocalExecutor:
-    """The model and its runner in this process (one device, no parallelism)."""
+    """The model and its runner in this process: the whole model, or one rank's shard of it
+    when `parallel` says which (the cluster's worker actors run one LocalExecutor each)."""
 
-    def __init__(self, config: EngineConfig, model: Any | None = None) -> None:
-        if config.tensor_parallel_size > 1 or config.expert_parallel_size > 1:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model: Any | None = None,
+        parallel: ParallelContext | None = None,
+    ) -> None:
+        parallel = parallel or ParallelContext()
+        sharded = config.tensor_parallel_size > 1 or config.expert_parallel_size > 1
+        if sharded and parallel.is_single:
             raise ValueError(
                 "tensor_parallel_size/expert_parallel_size > 1 need the Ray cluster executor "
                 "(oss_serve.cluster), which this process does not have; use 1 here"
@@ -75,11 +84,15 @@ class LocalExecutor:
                 dtype=self.dtype,
                 experts_format=config.experts_format,  # type: ignore[arg-type]
                 seed=config.seed,
+                parallel=parallel,
             )
         self.model = model.eval()
         self.model_config = model.config
         self._spec = kv_cache_spec_for(
-            self.model_config, block_size=config.block_size, dtype=self.dtype
+            self.model_config,
+            block_size=config.block_size,
+            dtype=self.dtype,
+            tp_size=parallel.tp_size,
         )
         self.runner = ModelRunner(self.model, self._spec, self.device)
 
