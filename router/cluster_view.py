@@ -39,7 +39,8 @@ class ClusterView:
         self.index = index
         self.refresh_interval_s = refresh_interval_s
         self.replicas: dict[str, ReplicaLoad] = {}
-        self.overflow_backlog = 0
+        self._overflow_reported = 0
+        self._overflow_unreported = 0  # routed to overflow by this router since the last read
         self.redis_ok = False
         self._unreported: dict[str, _Unreported] = {}
         self._refreshed = asyncio.Event()
@@ -47,7 +48,8 @@ class ClusterView:
     async def refresh(self) -> None:
         replicas = await read_registry(self._redis, self._keys)
         overflow = [self._keys.overflow_stream(lane) for lane in ("interactive", "batch")]
-        self.overflow_backlog = await undelivered(self._redis, overflow)
+        self._overflow_reported = await undelivered(self._redis, overflow)
+        self._overflow_unreported = 0
         for replica_id, old in self.replicas.items():
             new = replicas.get(replica_id)
             if new is None or new.started_ts != old.started_ts:
@@ -92,6 +94,14 @@ class ClusterView:
             unreported = self._unreported.get(replica_id, _Unreported())
             chosen.append(Candidate(load, unreported.requests, unreported.blocks))
         return chosen
+
+    @property
+    def overflow_backlog(self) -> int:
+        """Requests waiting in the shared overflow streams, as far as this router knows."""
+        return self._overflow_reported + self._overflow_unreported
+
+    def note_overflow(self) -> None:
+        self._overflow_unreported += 1
 
     def note_routed(self, replica_id: str, prompt_blocks: int) -> None:
         unreported = self._unreported.get(replica_id)

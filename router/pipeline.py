@@ -36,7 +36,7 @@ from oss_serve.router.queue.enqueue import ReplicaGone, RequestQueue
 from oss_serve.router.sampling import check_prompt, checked_sampling
 
 log = get_logger(__name__)
-ENQUEUE_ATTEMPTS = 3
+REPLICA_POLL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class PipelineConfig:
     reply_to: str  # this router's link address, host:port, as replicas reach it
     session_ttl_s: float = 600.0
     request_timeout_s: float = 600.0
+    replica_wait_s: float = 5.0  # how long a request waits for a healthy replica to appear
 
 
 class RequestPipeline:
@@ -93,7 +94,7 @@ class RequestPipeline:
         if request.lane not in LANES:
             raise InvalidRequest(f"lane must be one of {', '.join(LANES)}", field="lane")
         check_prompt(request.prompt_token_ids)
-        candidates = self._candidates(request.model)
+        candidates = await self._candidates(request.model)
         max_model_len = min(
             (c.load.max_model_len for c in candidates if c.load.max_model_len), default=0
         )
@@ -148,18 +149,25 @@ class RequestPipeline:
 
     # --- steps ------------------------------------------------------------------------
 
-    def _candidates(self, model: str) -> list[Candidate]:
-        candidates = self.view.candidates(model)
-        if candidates:
-            return candidates
-        if not self.view.redis_ok and not self.view.replicas:
-            raise Unavailable("the request queue (Redis) is unreachable; retry shortly")
-        served = sorted(self.view.models())
-        if model and served:
-            raise ModelNotFound(
-                f"model {model!r} is not served here; available: {', '.join(served)}", field="model"
-            )
-        raise Unavailable("no healthy replica is serving; retry shortly")
+    async def _candidates(self, model: str) -> list[Candidate]:
+        """Healthy replicas for `model`, waiting up to replica_wait_s for one to (re)appear
+        (router start-up, a Redis restart after which heartbeats take a beat to return)."""
+        deadline = time.monotonic() + self.config.replica_wait_s
+        while True:
+            candidates = self.view.candidates(model)
+            if candidates:
+                return candidates
+            served = sorted(self.view.models())
+            if model and served:
+                raise ModelNotFound(
+                    f"model {model!r} is not served here; available: {', '.join(served)}",
+                    field="model",
+                )
+            if time.monotonic() >= deadline:
+                if not self.view.redis_ok:
+                    raise Unavailable("the request queue (Redis) is unreachable; retry shortly")
+                raise Unavailable("no healthy replica is serving; retry shortly")
+            await asyncio.sleep(REPLICA_POLL_S)
 
     async def _route_and_enqueue(
         self,
@@ -168,7 +176,8 @@ class RequestPipeline:
         owned: OwnedRequest,
         room: list[Candidate],
     ) -> str:
-        for _ in range(ENQUEUE_ATTEMPTS):
+        deadline = time.monotonic() + self.config.replica_wait_s
+        while True:
             target = await self._choose(route, room)
             record.routed_to = target
             try:
@@ -178,18 +187,22 @@ class RequestPipeline:
                     session_key=route.session_key,
                     session_ttl_s=self.config.session_ttl_s,
                 )
-            except ReplicaGone:
-                room = [c for c in room if c.replica_id != target]
-                if not room:
-                    break
+            except ReplicaGone:  # its heartbeat lapsed: gone, or back in a moment (Redis restart)
+                if time.monotonic() >= deadline:
+                    raise Unavailable("no replica could take the request; retry shortly") from None
+                await asyncio.sleep(REPLICA_POLL_S)
+                room = self.admission.admit(
+                    await self._candidates(record.model), self.view.overflow_backlog
+                )
                 continue
             if not self.hub.enqueued(owned, stream, entry_id):  # a retried XADD landed twice
                 await self.queue.withdraw(stream, entry_id)
-            if target != OVERFLOW:
+            if target == OVERFLOW:
+                self.view.note_overflow()
+            else:
                 self.policy.on_routed(route, target)
                 self.view.note_routed(target, route.prompt.num_blocks)
             return target
-        raise Unavailable("the chosen replicas stopped while the request was being queued; retry")
 
     async def _choose(self, route: RouteRequest, room: list[Candidate]) -> str:
         if route.session_key:
