@@ -1,6 +1,6 @@
 """The load generator: drive sessions at a fixed concurrency or a Poisson rate, in one process.
 
-One asyncio loop, one pooled httpx client, one task per in-flight conversation: this
+One asyncio loop, a few pooled httpx clients, one task per in-flight conversation: this
 keeps thousands of concurrent streams cheap. Load points run one after another (a
 sweep); warm-up requests go first and are not measured. Everything random (prompt
 text, lengths, efforts, arrival gaps) comes from the seed, so two runs with the same
@@ -19,10 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
-
 from oss_serve.benchmarks.metrics import RequestRecord
-from oss_serve.benchmarks.stream_client import Endpoint, new_client, send_chat
+from oss_serve.benchmarks.stream_client import ClientPool, Endpoint, send_chat
 from oss_serve.benchmarks.workloads import Session, Workload
 
 _ARRIVAL_SEED_SALT = 0x5EED
@@ -95,7 +93,7 @@ OnRequestDone = Callable[[RequestRecord], None]
 class _Run:
     """Shared state of one load point while it runs."""
 
-    client: httpx.AsyncClient
+    client: ClientPool
     endpoint: Endpoint
     budget: Budget
     sessions: Iterator[Session]
@@ -130,7 +128,8 @@ class _Run:
                 tag=turn.tag,
             )
             messages = session.messages_for(turn_index, replies)
-            await send_chat(self.client, self.endpoint, messages, turn, record)
+            async with self.client.lease() as client:
+                await send_chat(client, self.endpoint, messages, turn, record)
             self.records.append(record)
             if self.on_done is not None:
                 self.on_done(record)
@@ -158,24 +157,37 @@ async def _drive_concurrency(run: _Run, concurrency: int) -> None:
 
 
 async def _drive_rate(run: _Run, point: LoadPoint, seed: int) -> None:
+    """Start sessions on a Poisson schedule; with a cap, an arrival waits for a free slot.
+
+    Sessions are started until their turns cover the request budget (a multi-turn
+    session that fails gives up its remaining turns), or until the duration is over.
+    """
     assert point.request_rate is not None
     cap = asyncio.Semaphore(point.max_concurrency) if point.max_concurrency else None
     tasks: set[asyncio.Task[None]] = set()
+    planned_requests = 0
 
     async def start(session: Session) -> None:
-        if cap is None:
+        try:
             await run.run_session(session)
-            return
-        async with cap:
-            await run.run_session(session)
+        finally:
+            if cap is not None:
+                cap.release()
 
     for arrival_s in poisson_arrivals(point.request_rate, seed):
         delay_s = arrival_s - run.elapsed_s()
         if delay_s > 0:
             await asyncio.sleep(delay_s)
-        if not _budget_left(run):
+        if cap is not None:
+            await cap.acquire()
+        limit = run.budget.num_requests
+        if not _budget_left(run) or (limit is not None and planned_requests >= limit):
+            if cap is not None:
+                cap.release()
             break
-        task = asyncio.create_task(start(next(run.sessions)))
+        session = next(run.sessions)
+        planned_requests += len(session.turns)
+        task = asyncio.create_task(start(session))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         await asyncio.sleep(0)  # let the new session take its first request
@@ -192,7 +204,7 @@ def _budget_left(run: _Run) -> bool:
 
 
 async def run_load_point(
-    client: httpx.AsyncClient,
+    client: ClientPool,
     endpoint: Endpoint,
     workload: Workload,
     point: LoadPoint,
@@ -215,7 +227,7 @@ async def run_load_point(
 
 
 async def run_warmup(
-    client: httpx.AsyncClient,
+    client: ClientPool,
     endpoint: Endpoint,
     workload: Workload,
     num_requests: int,
@@ -272,7 +284,7 @@ async def run_sweep(
     connections = max_in_flight(points)
     raise_open_file_limit(connections + 256)
     results: list[LoadPointResult] = []
-    async with new_client(connections, endpoint.timeout_s) as client:
+    async with ClientPool(connections, endpoint.timeout_s) as client:
         first = points[0]
         warm_concurrency = first.concurrency or first.max_concurrency or 8
         await run_warmup(client, endpoint, workload, warmup_requests, warm_concurrency, seed)
