@@ -27,6 +27,7 @@ from oss_serve.cluster.autoscale_k8s import (
     ReplicaScaler,
     load_kube_config,
 )
+from oss_serve.cluster.autoscale_metrics import AutoscalerMetrics
 from oss_serve.cluster.autoscale_policy import (
     AutoscalePolicy,
     AutoscaleState,
@@ -155,11 +156,13 @@ class Autoscaler:
         *,
         dry_run: bool = False,
         report: Callable[[list[Decision]], None] | None = None,
+        metrics: AutoscalerMetrics | None = None,
     ) -> None:
         self.config, self.policy = config, config.policy()
         self.redis, self.keys, self.scaler = redis_client, keys, scaler
         self.dry_run = dry_run
         self.report = report
+        self.metrics = metrics
         self.state: AutoscaleState | None = None
 
     def step(self) -> list[Decision]:
@@ -176,6 +179,8 @@ class Autoscaler:
                 log.info(
                     "scale", pool=d.pool, current=d.current, desired=d.desired, reason=d.reason
                 )
+        if self.metrics is not None:
+            self.metrics.observe(signals, decisions)
         if self.report is not None:
             self.report(decisions)
         return decisions

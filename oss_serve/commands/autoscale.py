@@ -20,6 +20,9 @@ DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print each round's decisions; change nothing.")
 ]
 OnceOption = Annotated[bool, typer.Option("--once", help="Run one round and exit.")]
+MetricsPortOption = Annotated[
+    int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port.")
+]
 HealthFileOption = Annotated[
     Path | None,
     typer.Option("--health-file", help="Touched after every round (for a liveness probe)."),
@@ -31,11 +34,13 @@ def autoscale(
     dry_run: DryRunOption = False,
     once: OnceOption = False,
     health_file: HealthFileOption = None,
+    metrics_port: MetricsPortOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Read queue depth and load from Redis and scale each pool's replicas in Kubernetes."""
     import redis
 
+    from oss_serve.cluster.autoscale_metrics import AutoscalerMetrics
     from oss_serve.cluster.autoscaler import (
         Autoscaler,
         PolicyFileError,
@@ -53,6 +58,9 @@ def autoscale(
     except PolicyFileError as err:
         fail(str(err))
     client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=10)
+    metrics = AutoscalerMetrics()
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
     autoscaler = Autoscaler(
         autoscaler_config,
         client,
@@ -60,6 +68,7 @@ def autoscale(
         make_scaler(autoscaler_config, dry_run=dry_run),
         dry_run=dry_run,
         report=(lambda decisions: typer.echo(decisions_json(decisions))) if dry_run else None,
+        metrics=metrics,
     )
     if once:
         try:

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from oss_serve.cluster.autoscale_k8s import DryRunScaler
+from oss_serve.cluster.autoscale_metrics import AutoscalerMetrics
 from oss_serve.cluster.autoscale_signals import read_signals, read_stream, redis_now_s
 from oss_serve.cluster.autoscaler import Autoscaler, AutoscalerConfig, PoolSpec
 from oss_serve.cluster.replica_probe import check
@@ -135,12 +136,18 @@ def test_autoscaler_round_on_real_redis_scales_the_cheapest_pool_for_a_late_back
         ],
     )
     scaler = DryRunScaler({"a100": 1, "l4": 0})
-    decisions = Autoscaler(config, client, keys, scaler).step()
+    metrics = AutoscalerMetrics()
+    decisions = Autoscaler(config, client, keys, scaler, metrics=metrics).step()
     desired = {d.pool: d.desired for d in decisions}
     # 70 requests: a100's one replica carries 25.6 at 80 %; l4 (cheaper, 64 slots by default
     # until it reports) takes the rest
     assert desired == {"a100": 1, "l4": 1}
     assert scaler.current() == desired
+    sample = metrics.registry.get_sample_value
+    assert sample("oss_serve:autoscaler_desired_replicas", {"pool": "l4"}) == 1
+    assert sample("oss_serve:autoscaler_ready_replicas", {"pool": "a100"}) == 1
+    assert sample("oss_serve:autoscaler_queue_backlog", {"scope": "shared"}) == 40
+    assert sample("oss_serve:autoscaler_oldest_wait_seconds", {"scope": "shared"}) >= 9.9
 
 
 def test_replica_probe_follows_the_heartbeat(client, redis_server):

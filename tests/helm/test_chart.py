@@ -359,6 +359,14 @@ def test_grafana_dashboard_uses_vllm_and_router_metric_names():
 
 def test_service_monitor_scrapes_the_router_metrics():
     values = next(p for p in VALUE_SETS if p.name == "full-features-values.yaml")
-    (monitor,) = of_kind(render(values), "ServiceMonitor")
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
-    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    objects = render(values)
+    monitors = {m["metadata"]["name"]: m for m in of_kind(objects, "ServiceMonitor")}
+    router = monitors["oss-serve-router"]
+    assert router["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    assert router["metadata"]["labels"]["release"] == "prometheus"
+    autoscaler = monitors["oss-serve-autoscaler"]
+    assert autoscaler["spec"]["endpoints"][0]["port"] == "metrics"
+    service = next(
+        s for s in of_kind(objects, "Service") if s["metadata"]["name"] == "oss-serve-autoscaler"
+    )
+    assert service["spec"]["selector"] == autoscaler["spec"]["selector"]["matchLabels"]
