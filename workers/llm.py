@@ -52,7 +52,12 @@ class LLM:
             seed=seed,
             **engine_args,
         )
-        self.llm_engine = EngineCore.from_config(self.config)
+        if tensor_parallel_size > 1 or expert_parallel_size > 1:
+            from oss_serve.cluster.replica import build_engine_core  # a Ray actor per rank
+
+            self.llm_engine: EngineCore = build_engine_core(self.config)
+        else:
+            self.llm_engine = EngineCore.from_config(self.config)
         self._request_counter = itertools.count()
 
     def get_tokenizer(self) -> Tokenizer | None:
