@@ -149,7 +149,7 @@ def plot_sweep(plans: list[dict[str, Any]], path: Path) -> Path:
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
