@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from .backend import use_triton
+
 # bound on one chunk's score tensor (elements) when a sequence's queries are processed in chunks
 _SCORES_PER_CHUNK = 1 << 24
 # (first key position, end key position) -> (keys, values) [T, kv_heads, head_dim]
@@ -28,6 +30,11 @@ def store_kv(
     kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Write key/value [N, kv_heads, head_dim] at flat slots (block * block_size + offset); -1 skips."""
+    if use_triton(kv_cache, key, value, slot_mapping):
+        from . import triton_kv
+
+        triton_kv.store_kv(kv_cache, key, value, slot_mapping)
+        return
     store_kv_ref(kv_cache, key, value, slot_mapping)
 
 
@@ -44,7 +51,12 @@ def paged_attention(
     max_query_len: int,
 ) -> torch.Tensor:
     """query [N, q_heads, head_dim] -> [N, q_heads, head_dim] over the cached keys."""
-    return paged_attention_ref(
+    implementation = paged_attention_ref
+    if use_triton(query, kv_cache, block_table, seq_lens, query_start_loc, sinks):
+        from . import triton_attention
+
+        implementation = triton_attention.paged_attention
+    return implementation(
         query,
         kv_cache,
         block_table,
@@ -68,7 +80,12 @@ def varlen_attention(
     sliding_window: int | None,
 ) -> torch.Tensor:
     """Causal attention within each sequence of a flat batch; q/k/v [N, heads, head_dim]."""
-    return varlen_attention_ref(
+    implementation = varlen_attention_ref
+    if use_triton(query, key, value, query_start_loc, sinks):
+        from . import triton_attention
+
+        implementation = triton_attention.varlen_attention
+    return implementation(
         query,
         key,
         value,

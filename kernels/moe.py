@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import use_triton
 from .mxfp4 import dequantize_mxfp4
 
 
@@ -18,6 +19,10 @@ def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
 
     Returns (weights [N, k] in the logits' dtype, expert ids [N, k] int64).
     """
+    if use_triton(router_logits):
+        from . import triton_moe
+
+        return triton_moe.route(router_logits, top_k)
     return route_ref(router_logits, top_k)
 
 
@@ -42,7 +47,12 @@ def moe_experts(
     scales are None, else MXFP4 blocks [E_local, out, in/32, 16] with scales [E_local, out,
     in/32]. b1 [E_local, 2I], b2 [E_local, H].
     """
-    return moe_experts_ref(
+    implementation = moe_experts_ref
+    if use_triton(x, topk_weights, topk_ids, w1, b1, w2, b2):
+        from . import triton_moe
+
+        implementation = triton_moe.moe_experts
+    return implementation(
         x,
         topk_weights,
         topk_ids,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .backend import use_triton
+
 BLOCK_SIZE = 32
 BYTES_PER_BLOCK = BLOCK_SIZE // 2
 SCALE_BIAS = 127
@@ -41,6 +43,10 @@ def dequantize_mxfp4(
     blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
     """Decode packed MXFP4 into a dense [..., out, in] tensor of `dtype` (bit-exact)."""
+    if use_triton(blocks, scales):
+        from . import triton_mxfp4
+
+        return triton_mxfp4.dequantize_mxfp4(blocks, scales, dtype)
     return dequantize_mxfp4_ref(blocks, scales, dtype)
 
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from .backend import use_triton
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalize the last dim of `x` [..., hidden] and scale by `weight` [hidden] (fp32)."""
+    if use_triton(x, weight):
+        from . import triton_norm
+
+        return triton_norm.rms_norm(x, weight, eps)
     return rms_norm_ref(x, weight, eps)
 
 

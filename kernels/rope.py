@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import torch
 
+from .backend import use_triton
+
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate `x` [tokens, heads, head_dim] by per-token angles; cos/sin [tokens, head_dim/2].
 
     cos/sin already carry YaRN's concentration factor (see workers.model.RotaryEmbedding).
     """
+    if use_triton(x, cos, sin):
+        from . import triton_rope
+
+        return triton_rope.apply_rope(x, cos, sin)
     return apply_rope_ref(x, cos, sin)
 
 
