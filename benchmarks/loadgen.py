@@ -10,6 +10,7 @@ flags send the same requests in the same order of arrival.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
@@ -84,6 +85,37 @@ class LoadPointResult:
     point: LoadPoint
     records: list[RequestRecord]
     duration_s: float
+    loop_lag_s: list[float] = field(default_factory=list)  # see LoopLagMonitor
+
+
+class LoopLagMonitor:
+    """How late the event loop runs a 10 ms ticker: the load generator's own delay.
+
+    Every latency the bench reports includes the time this process took to notice a
+    chunk. When the loop is busy (too many new requests per second for one core), the
+    lag shows it, so a slow client is not mistaken for a slow server.
+    """
+
+    def __init__(self, interval_s: float = 0.01) -> None:
+        self.interval_s = interval_s
+        self.lag_s: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _tick(self) -> None:
+        while True:
+            expected_s = time.perf_counter() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.lag_s.append(max(0.0, time.perf_counter() - expected_s))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._tick())
+
+    async def stop(self) -> list[float]:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        return self.lag_s
 
 
 OnRequestDone = Callable[[RequestRecord], None]
@@ -216,6 +248,8 @@ async def run_load_point(
     sessions = workload.sessions(seed)
     first = next(sessions)  # builds shared prompts and the token pool before the clock starts
     run = _Run(client, endpoint, budget, itertools.chain([first], sessions), on_done)
+    monitor = LoopLagMonitor()
+    monitor.start()
     if point.mode == "concurrency":
         assert point.concurrency is not None
         await _drive_concurrency(run, point.concurrency)
@@ -223,7 +257,7 @@ async def run_load_point(
         await _drive_rate(run, point, seed)
     duration_s = run.elapsed_s()
     run.records.sort(key=lambda r: r.request_id)
-    return LoadPointResult(point, run.records, duration_s)
+    return LoadPointResult(point, run.records, duration_s, await monitor.stop())
 
 
 async def run_warmup(

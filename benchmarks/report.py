@@ -16,11 +16,12 @@ from typing import Any
 
 from oss_serve import __version__
 from oss_serve.benchmarks.loadgen import Budget, LoadPointResult
-from oss_serve.benchmarks.metrics import SLO, RequestRecord, summarize
+from oss_serve.benchmarks.metrics import SLO, RequestRecord, distribution_ms, summarize
 from oss_serve.benchmarks.stream_client import Endpoint
 from oss_serve.benchmarks.workloads import Workload
 
 SCHEMA = "oss-serve.bench/v1"
+CLIENT_LAG_WARN_MS = 10.0  # p99 event-loop lag above this: the client is part of the latency
 
 
 class ReportError(ValueError):
@@ -67,6 +68,7 @@ def build_report(
             {
                 "load": result.point.to_json(),
                 **summarize(result.records, result.duration_s, slo),
+                "client": {"loop_lag_ms": distribution_ms(result.loop_lag_s)},
                 "requests_detail": [record.to_json() for record in result.records],
             }
             for result in results
@@ -180,6 +182,18 @@ def markdown_report(document: dict[str, Any]) -> str:
         "",
         markdown_table(SUMMARY_COLUMNS, [summary_row(run) for run in document["runs"]]),
     ]
+    busy = [
+        run["load"]["label"]
+        for run in document["runs"]
+        if (run.get("client", {}).get("loop_lag_ms", {}).get("p99") or 0) > CLIENT_LAG_WARN_MS
+    ]
+    if busy:
+        lines += [
+            "",
+            f"Warning: the load generator's event loop ran more than {CLIENT_LAG_WARN_MS:g} ms "
+            f"late (p99) at {', '.join(busy)}: latencies there include client-side delay; "
+            "spread the load (--request-rate) or run several bench processes.",
+        ]
     plan_check = document.get("plan_check")
     if plan_check:
         lines += ["", "Planner prediction beside the measurement:", "", plan_check["markdown"]]

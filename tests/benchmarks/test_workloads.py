@@ -126,3 +126,31 @@ def test_slo_and_distributions():
     assert stats["p50"] == pytest.approx(50.5) and stats["p99"] == pytest.approx(99.01)
     assert stats["mean"] == pytest.approx(50.5) and stats["count"] == 100
     assert distribution_ms([])["p99"] is None
+
+
+def test_report_warns_when_the_load_generator_itself_was_late():
+    from oss_serve.benchmarks.loadgen import Budget, LoadPoint, LoadPointResult
+    from oss_serve.benchmarks.report import build_report, markdown_report
+    from oss_serve.benchmarks.stream_client import Endpoint
+
+    record = RequestRecord(0, 0, 0, 0.0, ttft_s=0.1, e2e_s=0.3, output_tokens=3, itl_s=[0.1, 0.1])
+    point = LoadPoint("concurrency", concurrency=1)
+
+    def document(lag_s: float) -> dict:
+        return build_report(
+            endpoint=Endpoint.from_base_url("http://x", "m"),
+            workload=Workload(WorkloadSpec()),
+            budget=Budget(num_requests=1),
+            seed=0,
+            warmup_requests=0,
+            slo=SLO(),
+            results=[LoadPointResult(point, [record], 0.3, [lag_s] * 20)],
+            started_unix_s=0.0,
+        )
+
+    late = document(0.05)
+    assert late["runs"][0]["client"]["loop_lag_ms"]["p99"] == pytest.approx(50.0)
+    assert "Warning: the load generator's event loop ran more than 10 ms late" in markdown_report(
+        late
+    )
+    assert "Warning" not in markdown_report(document(0.001))
