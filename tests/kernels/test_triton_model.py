@@ -7,7 +7,7 @@ import torch
 
 from oss_serve.kernels.backend import force_backend
 from oss_serve.workers.config import PRESETS
-from oss_serve.workers.model import GptOss
+from oss_serve.workers.model import ExpertsFormat, GptOss
 from oss_serve.workers.weights import init_random_weights
 from tests.workers.gpt_oss_helpers import full_sequence_logprobs, paged_logprobs
 
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("triton_interpreter")]
 TOLERANCE = 1e-4  # max |logprob difference|, fp32 (measured: <= 2e-5)
 
 
-def _tiny_model(experts_format: str) -> GptOss:
+def _tiny_model(experts_format: ExpertsFormat) -> GptOss:
     """Two layers (sliding, full), GQA 4, MoE 8 experts top-4: small, but every path bites."""
     config = PRESETS["gpt-oss-tiny"].with_(
         vocab_size=300,
@@ -24,7 +24,7 @@ def _tiny_model(experts_format: str) -> GptOss:
         sliding_window=8,
         original_max_position_embeddings=16,
     )
-    model = GptOss(config, experts_format=experts_format, dtype=torch.float32)  # type: ignore[arg-type]
+    model = GptOss(config, experts_format=experts_format, dtype=torch.float32)
     return init_random_weights(model, seed=3, std=0.2).eval()
 
 

@@ -68,13 +68,14 @@ def test_top_k_top_p_keeps_exactly_what_a_stable_sort_keeps():
     probs = _probs(6, 700, seed=1)
     probs[1, 100:200] = 0.0  # zeros after min_p
     probs[2, :] = probs[2, 0]  # all tied: the lowest token ids win
-    probs[3, 10:20] = probs[3].max()  # ties at the top
-    top_k = torch.tensor([5, 0, 17, 12, 700, 1])
-    top_p = torch.tensor([1.0, 0.8, 0.5, 0.3, 0.95, 0.7])
+    probs[3, 10:20] = probs[3].max()  # top-k cuts through ties at the top
+    top_k = torch.tensor([5, 0, 17, 5, 700, 1])
+    top_p = torch.tensor([1.0, 0.8, 0.5, 1.0, 0.95, 0.7])
     out = top_k_top_p(probs, top_k, top_p)
     expected = top_k_top_p_ref(probs, top_k, top_p)
     assert torch.equal(out > 0, expected > 0)
     assert torch.equal(out, expected)
+    assert (out[3] > 0).nonzero().flatten().tolist() == [10, 11, 12, 13, 14]
 
 
 def test_top_k_top_p_over_the_full_gpt_oss_vocabulary():
