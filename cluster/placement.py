@@ -50,13 +50,13 @@ def cluster_has_gpus() -> bool:
 
 
 def rank_resources(world_size: int, use_gpu: bool, cpus_per_rank: float | None) -> RankResources:
-    """1 GPU + 1 CPU per rank by default; on CPU, the cluster's CPUs shared out (at most 1)."""
+    """1 GPU + 1 CPU per rank by default; on CPU, the free CPUs shared out (at most 1 each)."""
     if cpus_per_rank is None:
         if use_gpu:
             cpus_per_rank = 1.0
         else:
-            total_cpus = float(ray.cluster_resources().get("CPU", 1))
-            cpus_per_rank = min(1.0, total_cpus / world_size)
+            free_cpus = float(ray.available_resources().get("CPU", 0))
+            cpus_per_rank = max(0.01, min(1.0, free_cpus / world_size))
     if cpus_per_rank <= 0:
         raise ValueError(f"cpus_per_rank must be > 0, got {cpus_per_rank}")
     return RankResources(num_gpus=1 if use_gpu else 0, num_cpus=cpus_per_rank)

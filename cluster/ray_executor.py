@@ -41,6 +41,7 @@ from oss_serve.workers.scheduler_output import ModelRunnerOutput, NewRequestData
 log = get_logger(__name__)
 
 FAILURE_POLL_S = 0.05  # how often a waiting driver checks the other ranks for errors
+ROOT_CAUSE_GRACE_S = 2.0  # after one rank's error, how long to wait for the others' reports
 WARMUP_REQUEST_ID = "__oss_serve_warmup__"
 FORWARDED_ENV_PREFIXES = ("OSS_SERVE_", "NCCL_", "GLOO_")
 
@@ -235,9 +236,10 @@ class RayExecutor:
         """Results in rank order; the first rank error or the deadline fails the replica."""
         rank_of = {ref: rank for rank, ref in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
+        errors: dict[int, Exception] = {}
         pending = list(futures)
         deadline = time.monotonic() + timeout_s
-        while pending:
+        while pending and not errors:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 late = ", ".join(self.topology.describe(rank_of[ref]) for ref in pending)
@@ -245,20 +247,39 @@ class RayExecutor:
             ready, pending = ray.wait(
                 pending, num_returns=len(pending), timeout=min(remaining, FAILURE_POLL_S)
             )
-            for ref in ready:
-                results[rank_of[ref]] = self._get(ref, rank_of[ref], what)
+            self._fetch(ready, rank_of, results, errors)
+        if errors:
+            # A rank that died takes a moment longer to report than the ranks it left
+            # stranded in a collective: give it that moment, so the error names the cause.
+            ready, _ = ray.wait(pending, num_returns=len(pending), timeout=ROOT_CAUSE_GRACE_S)
+            self._fetch(ready, rank_of, results, errors)
+            raise self._fail(self._describe(errors, what))
         return results
 
-    def _get(self, ref: ray.ObjectRef, rank: int, what: str) -> Any:
-        try:
-            return ray.get(ref)
-        except RayActorError as exc:
-            raise self._fail(f"{self.topology.describe(rank)} died during {what}: {exc}") from exc
-        except RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else exc
-            raise self._fail(
-                f"{self.topology.describe(rank)} raised during {what}: {cause!r}"
-            ) from exc
+    @staticmethod
+    def _fetch(
+        ready: list[ray.ObjectRef],
+        rank_of: dict[ray.ObjectRef, int],
+        results: list[Any],
+        errors: dict[int, Exception],
+    ) -> None:
+        for ref in ready:
+            try:
+                results[rank_of[ref]] = ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                errors[rank_of[ref]] = exc
+
+    def _describe(self, errors: dict[int, Exception], what: str) -> str:
+        """The dead ranks if any (the others' errors follow from them), else the first raise."""
+        dead = sorted(rank for rank, exc in errors.items() if isinstance(exc, RayActorError))
+        if dead:
+            first_line = str(errors[dead[0]]).strip().splitlines()[0]
+            ranks = ", ".join(self.topology.describe(rank) for rank in dead)
+            return f"{ranks} died during {what} ({first_line})"
+        rank = min(errors)
+        exc = errors[rank]
+        cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+        return f"{self.topology.describe(rank)} raised during {what}: {cause!r}"
 
     def _fail(self, reason: str) -> ReplicaFailedError:
         """Record the first failure, stop every actor and the placement group; returns the error."""

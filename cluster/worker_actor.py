@@ -116,7 +116,7 @@ class RankWorker:
             parallel=parallel,
             device=device,
             dtype=resolve_dtype(self.config.dtype, device),
-            experts_format=self.config.experts_format,
+            experts_format=self.config.experts_format,  # type: ignore[arg-type]
             seed=self.config.seed,
         )
         config = dataclasses.replace(self.config, device=str(device))
