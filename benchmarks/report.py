@@ -21,7 +21,10 @@ from oss_serve.benchmarks.stream_client import Endpoint
 from oss_serve.benchmarks.workloads import Workload
 
 SCHEMA = "oss-serve.bench/v1"
-CLIENT_LAG_WARN_MS = 10.0  # p99 event-loop lag above this: the client is part of the latency
+# Event-loop lag of the bench itself above these (mean, or p99) means the client was part
+# of the measured latency; isolated OS hiccups on a shared machine stay below them.
+CLIENT_LAG_WARN_MEAN_MS = 5.0
+CLIENT_LAG_WARN_P99_MS = 50.0
 
 
 class ReportError(ValueError):
@@ -182,22 +185,26 @@ def markdown_report(document: dict[str, Any]) -> str:
         "",
         markdown_table(SUMMARY_COLUMNS, [summary_row(run) for run in document["runs"]]),
     ]
-    busy = [
-        run["load"]["label"]
-        for run in document["runs"]
-        if (run.get("client", {}).get("loop_lag_ms", {}).get("p99") or 0) > CLIENT_LAG_WARN_MS
-    ]
+    busy = [run["load"]["label"] for run in document["runs"] if _client_was_busy(run)]
     if busy:
         lines += [
             "",
-            f"Warning: the load generator's event loop ran more than {CLIENT_LAG_WARN_MS:g} ms "
-            f"late (p99) at {', '.join(busy)}: latencies there include client-side delay; "
-            "spread the load (--request-rate) or run several bench processes.",
+            f"Warning: the load generator's own event loop ran late (mean lag > "
+            f"{CLIENT_LAG_WARN_MEAN_MS:g} ms or p99 > {CLIENT_LAG_WARN_P99_MS:g} ms) at "
+            f"{', '.join(busy)}: latencies there include client-side delay; spread the load "
+            "(--request-rate) or run several bench processes.",
         ]
     plan_check = document.get("plan_check")
     if plan_check:
         lines += ["", "Planner prediction beside the measurement:", "", plan_check["markdown"]]
     return "\n".join(lines) + "\n"
+
+
+def _client_was_busy(run: dict[str, Any]) -> bool:
+    lag = run.get("client", {}).get("loop_lag_ms", {})
+    return (lag.get("mean") or 0) > CLIENT_LAG_WARN_MEAN_MS or (
+        lag.get("p99") or 0
+    ) > CLIENT_LAG_WARN_P99_MS
 
 
 @dataclass(frozen=True)
