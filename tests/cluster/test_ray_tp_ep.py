@@ -311,3 +311,31 @@ async def test_a_rank_killed_mid_run_ends_every_request_with_a_clear_error(repli
     assert executor is not None and executor._group is None  # placement group released
     with pytest.raises(ray.exceptions.RayActorError):  # the surviving rank was stopped too
         ray.get(executor.workers[0].health.remote(), timeout=10)
+
+
+def test_a_replica_the_cluster_cannot_hold_fails_fast_naming_the_resources(ray_runtime):
+    from oss_serve.cluster.placement import PlacementError
+    from oss_serve.cluster.ray_executor import RayExecutor
+
+    config = EngineConfig(model="gpt-oss-tiny", tensor_parallel_size=8, device="cpu")
+    options = RayReplicaOptions(cpus_per_rank=1.0, placement_timeout_s=1)
+    groups_before = _live_placement_groups()
+    with pytest.raises(PlacementError, match=r"could not reserve 8 bundles of \{'CPU': 1.0\}"):
+        RayExecutor(config, options)
+    assert _live_placement_groups() == groups_before  # nothing left reserved
+
+
+def _live_placement_groups() -> set[str]:
+    table = ray.util.placement_group_table()
+    return {group_id for group_id, g in table.items() if g["state"] != "REMOVED"}
+
+
+def test_a_rank_that_cannot_load_its_shard_fails_start_with_the_rank_and_cause(
+    ray_runtime, tmp_path
+):
+    config = EngineConfig(model=str(tmp_path), tensor_parallel_size=2, **ENGINE_ARGS)
+    replica = RayReplica(config, options=RayReplicaOptions(cpus_per_rank=0.5))
+    with pytest.raises(
+        ReplicaFailedError, match=r"rank \d \(tp \d, ep 0\) raised during setup.*config"
+    ):
+        asyncio.run(replica.start())
