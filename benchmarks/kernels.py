@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for name, error, tolerance in interpreter_checks():
             verdict = "ok" if error <= tolerance else "FAILED"
-            print(f"  {name:<40} max |diff| {error:.2e}  (tolerance {tolerance:.0e})  {verdict}")
+            print(f"  {name:<48} max |diff| {error:.2e}  (tolerance {tolerance:.0e})  {verdict}")
         print(f"  ({time.perf_counter() - started:.1f}s)")
     if args.compile:
         print(f"\ncompile check: {compile_check()}")

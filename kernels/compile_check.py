@@ -175,6 +175,25 @@ def _launches() -> list[tuple[str, Callable[[], object]]]:
             ),
         ),
         (
+            "paged decode, one sequence",  # ints equal to 1 may be specialised
+            partial(
+                triton_attention.paged_attention,
+                *(q[:1], cache, table[:1], seq_lens[:1], decode_starts[:2], sinks),
+                sm_scale=0.125,
+                sliding_window=None,
+                max_query_len=1,
+            ),
+        ),
+        (
+            "moe_experts mxfp4, one token",
+            partial(
+                triton_moe.moe_experts,
+                *(x[:1], weights[:1], ids[:1], blocks, scales, bias1, w2_blocks, w2_scales, bias2),
+                swiglu_alpha=alpha,
+                swiglu_limit=limit,
+            ),
+        ),
+        (
             "paged prefill",
             partial(
                 triton_attention.paged_attention,
