@@ -251,12 +251,7 @@ def plan_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> Memory
     default_tokens, default_seqs = scheduler_defaults(gpu)
     batched = options.max_num_batched_tokens or default_tokens
     seqs = options.max_num_seqs or default_seqs
-    max_len = options.max_model_len or config.max_position_embeddings
-    if max_len > config.max_position_embeddings:
-        raise ValueError(
-            f"max-model-len {max_len} exceeds the model's "
-            f"max_position_embeddings ({config.max_position_embeddings})"
-        )
+    max_len = _max_model_len(config, options)
     fp8_kv = options.kv_cache_dtype == "fp8" and gpu.native_fp8
     layout = kv_layout(config, n, options.block_size, 1 if fp8_kv else 2)
     total = gpu.memory_bytes - DRIVER_RESERVED_BYTES
@@ -307,6 +302,16 @@ def plan_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> Memory
         status=status,
         message=message,
     )
+
+
+def _max_model_len(config: Any, options: PlanOptions) -> int:
+    max_len = options.max_model_len or config.max_position_embeddings
+    if max_len > config.max_position_embeddings:
+        raise ValueError(
+            f"max-model-len {max_len} exceeds the model's "
+            f"max_position_embeddings ({config.max_position_embeddings})"
+        )
+    return int(max_len)
 
 
 def _longest_fitting_len(need: Any, blocks: int, max_len: int) -> int:
