@@ -73,6 +73,47 @@ def _key_offsets(
 
 
 @triton.jit
+def _attend_key_tile(
+    q,
+    q_pos,
+    acc,
+    m_i,
+    l_i,
+    k_rows_ptr,
+    v_rows_ptr,
+    keys,
+    key_ok,
+    dims,
+    d_ok,
+    sm_scale_log2,
+    window,
+    HAS_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """One online-softmax step over a tile of keys (rows of K/V at k_rows_ptr/v_rows_ptr)."""
+    dot_dtype = q.dtype
+    k_t = tl.load(
+        k_rows_ptr[None, :] + dims[:, None], mask=key_ok[None, :] & d_ok[:, None], other=0.0
+    ).to(tl.float32)
+    v = tl.load(
+        v_rows_ptr[:, None] + dims[None, :], mask=key_ok[:, None] & d_ok[None, :], other=0.0
+    ).to(tl.float32)
+    scores = tl.dot(q, k_t.to(dot_dtype), input_precision=DOT_PRECISION) * sm_scale_log2
+    visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
+    if HAS_WINDOW:
+        visible = visible & (keys[None, :] > q_pos[:, None] - window)
+    scores = tl.where(visible, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(
+        p.to(dot_dtype), v.to(dot_dtype), acc * alpha[:, None], input_precision=DOT_PRECISION
+    )
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _attention_kernel(
     q_ptr,
     k_ptr,
@@ -166,28 +207,10 @@ def _attention_kernel(
             block_table_ptr, seq, q_begin, keys, key_ok, stride_kb, stride_kp, stride_bt,
             PAGED, PAGE_SIZE,
         )  # fmt: skip
-        k_t = tl.load(
-            k_ptr + offsets[None, :] + dims[:, None],
-            mask=key_ok[None, :] & d_ok[:, None],
-            other=0.0,
-        ).to(tl.float32)
-        v = tl.load(
-            v_ptr + offsets[:, None] + dims[None, :],
-            mask=key_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        scores = tl.dot(q, k_t.to(dot_dtype), input_precision=DOT_PRECISION) * sm_scale_log2
-        visible = key_ok[None, :] & (keys[None, :] <= q_pos[:, None])
-        if HAS_WINDOW:
-            visible = visible & (keys[None, :] > q_pos[:, None] - window)
-        scores = tl.where(visible, scores, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(dot_dtype), v.to(dot_dtype), acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = _attend_key_tile(
+            q, q_pos, acc, m_i, l_i, k_ptr + offsets, v_ptr + offsets, keys, key_ok, dims, d_ok,
+            sm_scale_log2, window, HAS_WINDOW, DOT_PRECISION,
+        )  # fmt: skip
 
     if NUM_SPLITS == 1:
         tl.store(
@@ -195,9 +218,8 @@ def _attention_kernel(
             (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
             mask=row_ok[:, None] & d_ok[None, :],
         )
-    else:
-        num_heads = tl.num_programs(1) * GROUP
-        part = (split * num_tokens + tokens) * num_heads + heads
+    else:  # unnormalised partials for _merge_kernel
+        part = (split * num_tokens + tokens) * (tl.num_programs(1) * GROUP) + heads
         tl.store(part_max_ptr + part, m_i, mask=row_ok)
         tl.store(part_sum_ptr + part, l_i, mask=row_ok)
         tl.store(part_acc_ptr + part[:, None] * D_PAD + dims[None, :], acc, mask=row_ok[:, None])
