@@ -56,9 +56,10 @@ def build_engine(settings: Settings, kv_event_sink: Any) -> Any:
 
 
 def sampling_params_factory() -> Any:
-    from oss_serve.workers.sampling_params import SamplingParams
+    """SamplingParams from queued arguments, with the structured-output grammar processor."""
+    from oss_serve.workers.structured_output import sampling_params_from_args
 
-    return SamplingParams.from_dict
+    return sampling_params_from_args
 
 
 async def run_replica(settings: Settings) -> int:

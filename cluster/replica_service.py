@@ -329,7 +329,9 @@ class ReplicaService:
             f"{record.request_id}:{delivery.entry_id}:{delivery.delivery_count}:{self._attempts}"
         )
         try:
-            params = self._make_sampling_params(engine_sampling_args(record.sampling, len(emitted)))
+            params = await asyncio.to_thread(  # may compile a grammar: off the event loop
+                self._make_sampling_params, engine_sampling_args(record.sampling, emitted)
+            )
         except ValueError as err:
             return Outcome("failed", f"invalid request: {err}", invalid=True)
         pump = asyncio.create_task(self._pump(link, delivery, engine_id, params, emitted))
@@ -457,9 +459,11 @@ async def _first(*events: asyncio.Event) -> None:
 
 
 def engine_sampling_args(
-    sampling: inference_pb2.SamplingParams, num_emitted: int
+    sampling: inference_pb2.SamplingParams, emitted: int | Sequence[int]
 ) -> dict[str, Any]:
-    """vLLM-named SamplingParams arguments of a queued request, resumed after num_emitted."""
+    """vLLM-named SamplingParams arguments of a queued request, resumed after `emitted`
+    tokens (their ids, or only their count when no structured output needs them)."""
+    num_emitted = emitted if isinstance(emitted, int) else len(emitted)
     args: dict[str, Any] = {}
     for name in (
         "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens",
@@ -479,6 +483,11 @@ def engine_sampling_args(
         args["stop_token_ids"] = list(sampling.stop_token_ids)
     if sampling.logit_bias:
         args["logit_bias"] = dict(sampling.logit_bias)
+    if sampling.HasField("structured_output"):  # the host builds the grammar processor
+        args["extra_args"] = {
+            "structured_output": sampling.structured_output.SerializeToString(),
+            "structured_output_resume": [] if isinstance(emitted, int) else list(emitted),
+        }
     return args
 
 

@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     max_num_batched_tokens: int = 2048  # replica engine: token budget per step
 
     @classmethod
+    # --- OpenAI HTTP API, keys, limits (issue 10) --------------------------------------------------
+    http_api: bool = True  # serve the HTTP API beside gRPC in `oss-serve router`
+    require_api_key: bool = False  # require a key (from `oss-serve keys add`) even without --api-key
+    api_key_requests_per_min: int = 0  # rate limits of the --api-key key (0 = unlimited)
+    api_key_tokens_per_min: int = 0
+    max_request_body_bytes: int = 8 * 1024 * 1024  # larger bodies: HTTP 413
+    max_request_messages: int = 4096  # messages / input items per request (400 beyond)
+    max_request_tools: int = 256
+    max_request_n: int = 16  # choices per request
+    response_store_ttl_s: int = 24 * 3600  # stored Responses for previous_response_id
+
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],

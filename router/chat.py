@@ -7,7 +7,7 @@ parameters; the gRPC API converts its message first, the HTTP API passes the JSO
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,8 @@ from oss_serve.router.harmony import (
     render_chat_request,
     stop_token_ids,
 )
-from oss_serve.router.pipeline import GenerationRequest, RequestPipeline
+from oss_serve.router.pipeline import GenerationRequest, RequestPipeline, TokenChunk
+from oss_serve.router.structured_output import chat_structured_output
 
 
 @dataclass
@@ -75,24 +76,53 @@ async def stream_chat(
 ) -> AsyncIterator[ChatChunk]:
     """Stream one chat completion as parsed deltas; the last chunk has finish_reason + usage."""
     prompt = render_chat(body, options.date)
+    user = body.get("user")
+    async for out in stream_harmony(
+        pipeline,
+        prompt,
+        sampling,
+        options,
+        function_names=_function_names(body),
+        session_key=user if isinstance(user, str) else "",
+        structured_output=chat_structured_output(body),
+    ):
+        yield out
+
+
+async def stream_harmony(
+    pipeline: RequestPipeline,
+    prompt: list[int],
+    sampling: inference_pb2.SamplingParams,
+    options: ChatOptions,
+    *,
+    function_names: Sequence[str] = (),
+    session_key: str = "",
+    structured_output: inference_pb2.StructuredOutput | None = None,
+    on_tokens: Callable[[TokenChunk], None] | None = None,
+) -> AsyncIterator[ChatChunk]:
+    """Generate from a rendered harmony prompt (Chat or Responses) and parse the output;
+    `on_tokens` sees every raw token chunk first (metrics, logprobs)."""
     with_stops = inference_pb2.SamplingParams()
     with_stops.CopyFrom(sampling)
     with_stops.stop_token_ids.extend(
         t for t in stop_token_ids() if t not in sampling.stop_token_ids
     )
-    user = body.get("user")
+    if structured_output is not None:
+        with_stops.structured_output.CopyFrom(structured_output)
     request = GenerationRequest(
         prompt_token_ids=prompt,
         sampling=with_stops,
         model=options.model,
         request_id=options.request_id,
-        session_key=options.session_key or (user if isinstance(user, str) else ""),
+        session_key=options.session_key or session_key,
         lane=options.lane,
         priority=options.priority,
         timeout_s=options.timeout_s,
     )
-    parser = HarmonyStreamParser(function_names=_function_names(body))
+    parser = HarmonyStreamParser(function_names=function_names)
     async for chunk in pipeline.generate(request):
+        if on_tokens is not None:
+            on_tokens(chunk)
         events = parser.feed(chunk.token_ids)
         if chunk.finish_reason:
             events += parser.finish()

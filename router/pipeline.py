@@ -60,6 +60,7 @@ class TokenChunk:
     logprobs: list[inference_pb2.TokenLogprob] = field(default_factory=list)
     finish_reason: str = ""
     usage: inference_pb2.Usage | None = None
+    queue_time_s: float | None = None  # on the first chunk: enqueued -> a replica started it
 
 
 @dataclass(frozen=True)
@@ -134,10 +135,14 @@ class RequestPipeline:
         routed_to = ""
         try:
             routed_to = await self._route_and_enqueue(route, record, owned, room)
+            enqueued_at: float | None = time.monotonic()
             client_id = request.request_id or f"req-{internal_id}"
             async for chunk in self._stream_back(
                 owned, client_id, len(record.prompt_token_ids), timeout_s
             ):
+                if enqueued_at is not None and owned.started_at is not None:
+                    chunk.queue_time_s = max(0.0, owned.started_at - enqueued_at)
+                    enqueued_at = None
                 if routed_to == OVERFLOW and owned.owner is not None:
                     self.policy.on_routed(route, owned.owner.replica_id)
                     routed_to = owned.owner.replica_id

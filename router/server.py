@@ -155,11 +155,18 @@ async def run_router(settings: Settings) -> None:
     import signal
 
     server = RouterServer(settings)
+    from oss_serve.router.http.server import start_http_api
+
     await server.start()
     print(f"router {server.router_id} serving gRPC on {server.address}", flush=True)
+    http = await start_http_api(server, settings) if settings.http_api else None
     stop = asyncio.Event()
+    if http is not None:
+        print(f"router {server.router_id} serving HTTP on {http.url}", flush=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.stop()
+    if http is not None:
+        await http.stop()

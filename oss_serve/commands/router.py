@@ -1,4 +1,4 @@
-"""`oss-serve router`: one router process (gRPC API + replica links), as Kubernetes runs it."""
+"""`oss-serve router`: one router process (gRPC + OpenAI HTTP APIs, replica links), as Kubernetes runs it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,13 @@ def router(
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
     grpc_port: Annotated[
         int | None, typer.Option("--grpc-port", help="gRPC port (0 = any free port).")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", help="OpenAI HTTP API port (0 = any free port).")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", help="Accept this key (besides `oss-serve keys`); required then."),
     ] = None,
     advertise_host: Annotated[
         str | None, typer.Option("--advertise-host", help="Host replicas use to reach this router.")
@@ -46,6 +53,8 @@ def router(
         redis_url=redis_url,
         host=host,
         grpc_port=grpc_port,
+        http_port=http_port,
+        api_key=api_key,
         advertise_host=advertise_host,
         routing_policy=routing_policy,
         redis_namespace=namespace,

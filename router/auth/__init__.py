@@ -1,0 +1,1 @@
+"""API keys (hashed in Redis), per-key rate limits shared by every router, usage accounting."""
