@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     block_size: int = 16
     enable_prefix_caching: bool = True
 
+    # --- Ray replicas: TP/EP actor groups (issue 8) -------------------------------------------
+    ray_address: str | None = None  # "auto" / "ray://host:10001": join a cluster; None = local Ray
+    ray_placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = (
+        "STRICT_PACK"  # one node per replica (NVLink); PACK/SPREAD may span nodes
+    )
+    experts_across_all_ranks: bool = False  # split experts over every rank (vLLM-style EP)
+
     # --- redis ---------------------------------------------------------------------------------
     redis_url: SecretStr | None = None  # may embed a password: kept secret
     redis_namespace: str = "oss-serve"
