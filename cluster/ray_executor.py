@@ -65,6 +65,15 @@ class RayReplicaOptions:
     collective_timeout_s: float = 1800.0  # torch.distributed's own timeout (a last resort)
     name: str = "oss-serve-replica"
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> RayReplicaOptions:
+        """The Ray fields of common.settings.Settings (ray_address, placement, EP layout)."""
+        return cls(
+            ray_address=settings.ray_address,
+            placement_strategy=settings.ray_placement_strategy,
+            experts_across_all_ranks=settings.experts_across_all_ranks,
+        )
+
 
 class StepHandle:
     """One dispatched step; `result()` waits for every rank and returns rank 0's output."""

@@ -49,3 +49,15 @@ def test_nccl_on_cuda_gloo_elsewhere_and_gpu_bundles_hold_one_gpu():
     assert backend_for("cpu") == "gloo"
     assert RankResources(num_gpus=1, num_cpus=2).bundle() == {"CPU": 2, "GPU": 1.0}
     assert RankResources(num_gpus=0, num_cpus=0.5).bundle() == {"CPU": 0.5}
+
+
+def test_ray_options_come_from_the_settings_section():
+    from oss_serve.cluster.ray_executor import RayReplicaOptions
+    from oss_serve.common.settings import Settings
+
+    settings = Settings(
+        ray_address="auto", ray_placement_strategy="PACK", experts_across_all_ranks=True
+    )
+    options = RayReplicaOptions.from_settings(settings)
+    assert (options.ray_address, options.placement_strategy) == ("auto", "PACK")
+    assert options.experts_across_all_ranks
