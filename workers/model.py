@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from oss_serve.kernels.attention import paged_attention, store_kv, varlen_attention
+from oss_serve.kernels.fused import add_rms_norm
 from oss_serve.kernels.moe import moe_experts, route
 from oss_serve.kernels.norm import rms_norm
 from oss_serve.kernels.rope import apply_rope
@@ -220,8 +221,10 @@ class DecoderLayer(nn.Module):
         meta: AttentionMetadata,
         kv_cache: torch.Tensor | None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, meta, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn_out = self.self_attn(self.input_layernorm(x), cos, sin, meta, kv_cache)
+        norm = self.post_attention_layernorm
+        normed, x = add_rms_norm(attn_out, x, norm.weight, norm.eps)  # x = x + attention
+        return x + self.mlp(normed)
 
 
 class VocabParallelEmbedding(nn.Module):

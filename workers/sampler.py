@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from oss_serve.kernels.sampling import top_k_top_p
 from oss_serve.workers.logits_processors import RequestLogitsProcessor, apply_processors
 from oss_serve.workers.sampling_params import SamplingParams
 from oss_serve.workers.scheduler_output import TokenLogprobs
@@ -156,22 +157,8 @@ def filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> to
     top_k = [p.top_k if p.top_k > 0 else probs.shape[-1] for p in params]
     top_p = [p.top_p for p in params]
     if min(top_k) < probs.shape[-1] or min(top_p) < 1.0:
-        probs = _top_k_top_p(probs, top_k, top_p)
+        probs = top_k_top_p(probs, torch.tensor(top_k), torch.tensor(top_p, dtype=torch.float64))
     return probs
-
-
-def _top_k_top_p(probs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
-    sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
-    ranks = torch.arange(probs.shape[-1]).unsqueeze(0)
-    k = torch.tensor(top_k).unsqueeze(1)
-    sorted_probs = torch.where(ranks < k, sorted_probs, torch.zeros_like(sorted_probs))
-    p = torch.tensor(top_p, dtype=torch.float64).unsqueeze(1)
-    mass = sorted_probs.double()
-    cumulative = torch.cumsum(mass, dim=-1)
-    before = (cumulative - mass) / cumulative[:, -1:]
-    keep = (before < p) | (ranks == 0)
-    sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
-    return torch.zeros_like(probs).scatter_(1, order, sorted_probs)
 
 
 def inverse_cdf_sample(probs: torch.Tensor, uniforms: Sequence[float]) -> torch.Tensor:
