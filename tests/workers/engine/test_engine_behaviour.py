@@ -105,8 +105,12 @@ def test_unknown_engine_argument_is_named(tiny_checkpoint):
 
 
 def test_tensor_parallel_without_the_cluster_executor_is_a_clear_error(tiny_checkpoint):
+    # LLM(tensor_parallel_size=2) runs on Ray (tests/cluster); the in-process executor refuses
+    from oss_serve.workers.engine_config import EngineConfig
+    from oss_serve.workers.executor import LocalExecutor
+
     with pytest.raises(ValueError, match="tensor_parallel_size"):
-        _llm(tiny_checkpoint[1], tensor_parallel_size=2)
+        LocalExecutor(EngineConfig(model=str(tiny_checkpoint[1]), tensor_parallel_size=2))
 
 
 class _BanToken(RequestLogitsProcessor):
