@@ -160,6 +160,7 @@ def _assert_same_answers(got, expected) -> None:
         ):
             assert entry.keys() == ref_entry.keys(), f"request {index} position {position}"
             worst = max(worst, *(abs(entry[t] - ref_entry[t]) for t in entry))
+    print(f"max prompt-logprob difference {worst:.2e}")
     assert worst <= LOGPROB_TOLERANCE, worst
 
 
