@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     routing_policy: Literal["round_robin", "least_load", "prefix_aware"] = "prefix_aware"
     advertise_host: str | None = None  # how replicas reach this router's gRPC port (default host)
     prefix_overlap_weight: float = 1.0  # cost of one uncached prompt block vs one block of load
+    prefix_load_measure: Literal["prefill", "kv_blocks"] = "prefill"  # kv_blocks = Dynamo's
     balance_abs_threshold: int = 8  # imbalanced when max - min requests > this ...
     balance_rel_threshold: float = 1.5  # ... and max > this * min: route least-load
     prefix_index_max_blocks: int = 1_048_576
@@ -90,7 +91,6 @@ class Settings(BaseSettings):
     max_num_seqs: int = 256  # replica engine: max running sequences (vLLM's --max-num-seqs)
     max_num_batched_tokens: int = 2048  # replica engine: token budget per step
 
-    @classmethod
     # --- OpenAI HTTP API, keys, limits (issue 10) --------------------------------------------------
     http_api: bool = True  # serve the HTTP API beside gRPC in `oss-serve router`
     require_api_key: bool = False  # require a key (from `oss-serve keys add`) even without --api-key
@@ -102,6 +102,7 @@ class Settings(BaseSettings):
     max_request_n: int = 16  # choices per request
     response_store_ttl_s: int = 24 * 3600  # stored Responses for previous_response_id
 
+    @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],
