@@ -14,6 +14,7 @@ from oss_serve.common.logging import get_logger
 from oss_serve.router.errors import Overloaded, RequestError
 
 log = get_logger(__name__)
+SAMPLING_PREFIX = "sampling."
 
 _TYPES = {
     400: "invalid_request_error",
@@ -72,10 +73,12 @@ def from_request_error(err: RequestError) -> ApiError:
     if isinstance(err, Overloaded):
         headers["Retry-After"] = err.retry_after_header
     code = {429: "overloaded", 503: "unavailable", 404: "model_not_found"}.get(err.http_status)
+    # the pipeline names sampling fields as in its protobuf (`sampling.x`); here they are top-level
+    param = err.field.removeprefix(SAMPLING_PREFIX) if err.field else None
     return ApiError(
         err.http_status,
-        err.message,
-        param=err.field,
+        err.message.replace(SAMPLING_PREFIX, ""),
+        param=param,
         code=code,
         error_type=err.error_type,
         headers=headers,
