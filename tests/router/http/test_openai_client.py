@@ -337,3 +337,19 @@ async def test_async_client_chat_and_stream(stack):
     chunks = [chunk async for chunk in stream]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     await client.close()
+
+
+def test_rate_limit_is_shared_by_two_routers(stack):
+    from tests.router.auth.helpers import add_key
+
+    second = stack.routers[1] if len(stack.routers) > 1 else stack.add_router()
+    key = add_key(stack.redis_url, stack.namespace, requests_per_min=3)
+    clients = [
+        openai.OpenAI(base_url=router.base_url, api_key=key, max_retries=0)
+        for router in (stack.router, second)
+    ]
+    for i in range(3):
+        clients[i % 2].chat.completions.create(model=TINY_MODEL, messages=MESSAGES, max_tokens=1)
+    for client in clients:
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=TINY_MODEL, messages=MESSAGES, max_tokens=1)
