@@ -187,7 +187,7 @@ def test_the_engine_applies_the_grammar_through_its_logits_processor_hook():
                 "max_tokens": 120,
                 "stop_token_ids": [RETURN, CALL],
                 "extra_args": {SPEC_ARG: spec, RESUME_ARG: []},
-            }  # fmt: skip
+            }
         )
         for seed in range(2)
     ]

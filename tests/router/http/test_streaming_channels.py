@@ -49,6 +49,7 @@ def _reference(stack, body: dict) -> tuple[str, str]:
     with grpc.insecure_channel(stack.router.router.address) as channel:
         chunks = list(inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=60))
     tokens = [t for c in chunks for t in c.token_ids]
+    use_vocab_dir()  # openai-harmony reads the local vocabulary
     parser = StreamableParser(
         load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS), Role.ASSISTANT
     )
