@@ -27,7 +27,7 @@ log = get_logger(__name__)
 class _Unreported:
     heartbeat_ts: float = 0.0
     requests: int = 0
-    blocks: int = 0
+    blocks: int = 0  # uncached prompt blocks of those requests
 
 
 class ClusterView:
@@ -103,8 +103,8 @@ class ClusterView:
     def note_overflow(self) -> None:
         self._overflow_unreported += 1
 
-    def note_routed(self, replica_id: str, prompt_blocks: int) -> None:
+    def note_routed(self, replica_id: str, uncached_blocks: int) -> None:
         unreported = self._unreported.get(replica_id)
         if unreported is not None:
             unreported.requests += 1
-            unreported.blocks += prompt_blocks
+            unreported.blocks += uncached_blocks

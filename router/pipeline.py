@@ -183,7 +183,7 @@ class RequestPipeline:
     ) -> str:
         deadline = time.monotonic() + self.config.replica_wait_s
         while True:
-            target = await self._choose(route, room)
+            target, matched_blocks = await self._choose(route, room)
             record.routed_to = target
             try:
                 stream, entry_id = await self.queue.enqueue(
@@ -206,19 +206,20 @@ class RequestPipeline:
                 self.view.note_overflow()
             else:
                 self.policy.on_routed(route, target)
-                self.view.note_routed(target, route.prompt.num_blocks)
+                self.view.note_routed(target, route.prompt.num_blocks - matched_blocks)
             return target
 
-    async def _choose(self, route: RouteRequest, room: list[Candidate]) -> str:
+    async def _choose(self, route: RouteRequest, room: list[Candidate]) -> tuple[str, int]:
+        """(target replica or OVERFLOW, prompt blocks believed cached there)."""
         if route.session_key:
             sticky = await self.queue.session_replica(route.session_key)
             if sticky is not None and any(c.replica_id == sticky for c in room):
-                return sticky
+                return sticky, 0
         decision = self.policy.select(route, room)
         saturated = all(0 < c.load.max_running <= c.requests for c in room)
         if saturated and decision.matched_blocks == 0 and not route.session_key:
-            return OVERFLOW  # every replica is full: the first one with room takes it
-        return decision.replica_id
+            return OVERFLOW, 0  # every replica is full: the first one with room takes it
+        return decision.replica_id, decision.matched_blocks
 
     async def _stream_back(
         self, owned: OwnedRequest, client_id: str, prompt_tokens: int, timeout_s: float

@@ -83,6 +83,7 @@ class RouterServer:
             overlap_weight=settings.prefix_overlap_weight,
             balance_abs_threshold=settings.balance_abs_threshold,
             balance_rel_threshold=settings.balance_rel_threshold,
+            load_measure=settings.prefix_load_measure,
         )
         self.pipeline = RequestPipeline(
             view=self.view,

@@ -25,6 +25,7 @@ def make_policy(
     overlap_weight: float = 1.0,
     balance_abs_threshold: int = 8,
     balance_rel_threshold: float = 1.5,
+    load_measure: str = "prefill",
 ) -> RoutingPolicy:
     """Build a policy by its name; prefix_aware needs the router's prefix index."""
     if name == "round_robin":
@@ -37,6 +38,7 @@ def make_policy(
             overlap_weight=overlap_weight,
             balance_abs_threshold=balance_abs_threshold,
             balance_rel_threshold=balance_rel_threshold,
+            load_measure=load_measure,
         )
     raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
 

@@ -22,7 +22,7 @@ class Candidate:
 
     load: ReplicaLoad
     unreported_requests: int = 0  # routed by this router after the replica's last report
-    unreported_blocks: int = 0  # their prompt blocks
+    unreported_blocks: int = 0  # their prompt blocks not cached where they went
 
     @property
     def replica_id(self) -> str:
@@ -33,9 +33,15 @@ class Candidate:
         return self.load.requests + self.unreported_requests
 
     def active_blocks(self, mean_prompt_blocks: float) -> float:
-        """KV work on the replica in blocks: blocks in use, plus queued prompts not yet started."""
+        """Dynamo's load: KV blocks in use (running requests), plus queued prompts' blocks."""
         backlog = (self.load.waiting + self.load.queued) * mean_prompt_blocks
         return self.load.kv_blocks_used + backlog + self.unreported_blocks
+
+    def prefill_ahead_blocks(self, mean_uncached_blocks: float) -> float:
+        """Prompt blocks still to prefill before a new request's turn: requests routed here by
+        this router since the last report, plus those the replica reports waiting/queued."""
+        backlog = (self.load.waiting + self.load.queued) * mean_uncached_blocks
+        return self.unreported_blocks + backlog
 
 
 @dataclass(frozen=True)

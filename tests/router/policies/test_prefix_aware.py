@@ -21,31 +21,48 @@ def test_goes_where_the_prefix_is_cached():
     assert (decision.replica_id, decision.matched_blocks, decision.reason) == ("b", 16, "prefix")
 
 
-def test_load_outweighs_a_short_cached_prefix():
+def test_prefill_queued_ahead_outweighs_a_short_cached_prefix():
     index = PrefixIndex()
-    index.store("b", block_hashes(PROMPT[:8], BS))  # 2 blocks cached on b
-    a = candidate("a", kv_blocks_total=100, kv_blocks_free=100)
-    b = candidate("b", kv_blocks_total=100, kv_blocks_free=90)  # 10 blocks of work
-    assert policy_with(index).select(request(PROMPT), [a, b]).replica_id == "a"
-    index.store("b", block_hashes(PROMPT, BS))  # now 16 blocks cached: worth the load
-    assert policy_with(index).select(request(PROMPT), [a, b]).replica_id == "b"
+    index.store("b", block_hashes(PROMPT[:8], BS))  # 2 of 16 blocks cached on b
+    a, b = candidate("a"), candidate("b")
+    b.unreported_blocks = 10  # 10 blocks routed to b, not prefilled yet
+    assert policy_with(index).select(request(PROMPT), [a, b]).replica_id == "a"  # 16 < 14 + 10
+    index.store("b", block_hashes(PROMPT, BS))  # all 16 cached: worth the wait
+    assert policy_with(index).select(request(PROMPT), [a, b]).replica_id == "b"  # 16 > 0 + 10
 
 
 def test_overlap_weight_scales_cache_against_load():
     index = PrefixIndex()
     index.store("b", block_hashes(PROMPT[:16], BS))  # 4 blocks cached on b
-    a = candidate("a", kv_blocks_total=100, kv_blocks_free=100)
-    b = candidate("b", kv_blocks_total=100, kv_blocks_free=94)  # 6 blocks of work
+    a, b = candidate("a"), candidate("b")
+    b.unreported_blocks = 6
     assert policy_with(index, overlap_weight=1.0).select(request(PROMPT), [a, b]).replica_id == "a"
     assert policy_with(index, overlap_weight=2.0).select(request(PROMPT), [a, b]).replica_id == "b"
 
 
-def test_queued_requests_count_as_their_mean_prompt_blocks():
+def test_queued_requests_count_as_the_mean_uncached_prompt():
     index = PrefixIndex()
     index.store("b", block_hashes(PROMPT, BS))
     policy = policy_with(index)
-    a, b = candidate("a"), candidate("b", queued=2)  # 2 x 17 queued blocks > 16 cached
+    policy.mean_uncached_blocks = 17.0
+    a, b = candidate("a"), candidate("b", queued=2)  # 1 + 2 x 17 on b > 17 on a
     assert policy.select(request([*PROMPT, 1]), [a, b]).replica_id == "a"
+
+
+def test_running_decodes_weigh_one_block_each_but_dynamo_charges_their_whole_context():
+    index = PrefixIndex()
+    index.store("b", block_hashes(PROMPT, BS))  # a conversation's history is cached on b
+    a = candidate("a", kv_blocks_total=1000, kv_blocks_free=1000)
+    b = candidate("b", running=1, kv_blocks_total=1000, kv_blocks_free=980)  # one long decode
+    ours = policy_with(index)
+    dynamo = policy_with(index, load_measure="kv_blocks")
+    assert ours.select(request([*PROMPT, 1]), [a, b]).replica_id == "b"  # 1 + 1 < 17
+    assert dynamo.select(request([*PROMPT, 1]), [a, b]).replica_id == "a"  # 1 + 20 > 17
+
+
+def test_unknown_load_measure_is_refused():
+    with pytest.raises(ValueError, match="prefill, kv_blocks"):
+        PrefixAware(PrefixIndex(), load_measure="vibes")
 
 
 def test_imbalance_falls_back_to_least_load_even_with_a_full_hit():
