@@ -45,7 +45,7 @@ SPEC_ARG = "structured_output"  # SamplingParams.extra_args key: the serialized 
 RESUME_ARG = "structured_output_resume"  # ... and the tokens already emitted (resumed request)
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 MAX_JSON_WHITESPACE = 2  # a random or confused model must not pad JSON forever
-_SPECIAL_IDS = sorted(SPECIAL_TOKENS.values())
+_SPECIAL_IDS: list[int | str] = sorted(SPECIAL_TOKENS.values())
 _compile_lock = threading.Lock()
 
 

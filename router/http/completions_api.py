@@ -109,14 +109,17 @@ async def create_completion(request: Request, ctx: ApiContext) -> Response:
 def _prompts(completion: CompletionRequest) -> list[list[int]]:
     prompt = completion.prompt
     encoding = o200k_harmony()
+    prompts: list[list[int]] = []
     if isinstance(prompt, str):
-        prompts = [encoding.encode_ordinary(prompt)]
-    elif all(isinstance(p, str) for p in prompt):
-        prompts = [encoding.encode_ordinary(str(p)) for p in prompt]
+        prompts.append(encoding.encode_ordinary(prompt))
     elif all(isinstance(p, int) for p in prompt):
-        prompts = [[int(t) for t in prompt]]
-    else:
-        prompts = [[int(t) for t in p] for p in prompt]
+        prompts.append([int(t) for t in prompt if isinstance(t, int)])
+    else:  # a batch: texts or token-id lists
+        for item in prompt:
+            if isinstance(item, str):
+                prompts.append(encoding.encode_ordinary(item))
+            elif isinstance(item, list):
+                prompts.append([int(t) for t in item])
     if any(not p for p in prompts):
         raise InvalidRequest("prompt must not be empty", field="prompt")
     return prompts

@@ -122,20 +122,25 @@ def test_json_schema_output_validates_even_on_random_weights(client, seed):
 
 
 def test_json_object_output_is_a_json_object(client):
-    response = client.chat.completions.create(
-        model=TINY_MODEL,
-        messages=MESSAGES,
-        max_tokens=200,
-        seed=1,
-        temperature=0.0,
-        response_format={"type": "json_object"},
-        extra_body=BUDGET,
-    )
-    content = response.choices[0].message.content
-    if response.choices[0].finish_reason == "stop":
-        assert isinstance(json.loads(content or ""), dict)
-    else:  # greedy decoding may run out of tokens inside the object; never invalid so far
-        assert content is None or content.lstrip().startswith("{")
+    """Free-form keys and strings may not end within max_tokens on random weights: every
+    finished answer is an object, every cut one is the beginning of one."""
+    finished = 0
+    for seed in range(3):
+        response = client.chat.completions.create(
+            model=TINY_MODEL,
+            messages=MESSAGES,
+            max_tokens=60,
+            seed=seed,
+            response_format={"type": "json_object"},
+            extra_body={"thinking_token_budget": 2},
+        )
+        content = response.choices[0].message.content or ""
+        if response.choices[0].finish_reason == "stop":
+            finished += 1
+            assert isinstance(json.loads(content), dict)
+        else:
+            assert content.lstrip().startswith("{")
+    assert finished >= 1
 
 
 @pytest.mark.parametrize(
@@ -168,6 +173,7 @@ def test_forced_tool_calls_return_parsable_arguments(client, tool_choice):
 
 
 def test_auto_tool_choice_calls_parse_when_the_model_makes_them(client):
+    """auto: the model may answer or call; every call it makes has schema-valid arguments."""
     made = 0
     for seed in range(4):
         response = client.chat.completions.create(
@@ -178,13 +184,15 @@ def test_auto_tool_choice_calls_parse_when_the_model_makes_them(client):
             tools=[WEATHER_TOOL],
             extra_body=BUDGET,
         )
-        for call in response.choices[0].message.tool_calls or []:
+        choice = response.choices[0]
+        calls = choice.message.tool_calls or []
+        assert (choice.finish_reason == "tool_calls") == bool(calls)
+        for call in calls:
             made += 1
             jsonschema.validate(
                 json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"]
             )
-        assert response.choices[0].finish_reason in ("stop", "tool_calls", "length")
-    assert made >= 0
+    assert made >= 1  # on these seeds the random model does choose the tool
 
 
 def test_streamed_tool_call_arguments_assemble_to_valid_json(client):
