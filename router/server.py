@@ -155,19 +155,23 @@ async def run_router(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then stop gracefully."""
     import signal
 
-    server = RouterServer(settings)
     from oss_serve.router.http.server import start_http_api
 
+    server = RouterServer(settings)
     await server.start()
+    try:
+        http = await start_http_api(server, settings) if settings.http_api else None
+    except BaseException:
+        await server.stop(grace_s=0.0)  # e.g. the HTTP port is taken: leave nothing running
+        raise
     print(f"router {server.router_id} serving gRPC on {server.address}", flush=True)
-    http = await start_http_api(server, settings) if settings.http_api else None
-    stop = asyncio.Event()
     if http is not None:
         print(f"router {server.router_id} serving HTTP on {http.url}", flush=True)
+    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    await server.stop()
     if http is not None:
         await http.stop()
+    await server.stop()
