@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from oss_serve.common.vocab import STARTOFTEXT, o200k_harmony
 from oss_serve.protos import inference_pb2
 from oss_serve.router.chat import ChatChunk, ChatOptions, render_chat, stream_harmony
 from oss_serve.router.http.context import ApiContext, RequestTracker
@@ -37,7 +38,7 @@ class Choice:
 
     index: int
     tracker: RequestTracker
-    last_logprobs: list[inference_pb2.TokenLogprob] = field(default_factory=list)
+    pending_logprobs: list[inference_pb2.TokenLogprob] = field(default_factory=list)
     reasoning: str = ""
     content: str = ""
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -48,14 +49,17 @@ class Choice:
 
     def on_tokens(self, chunk: TokenChunk) -> None:
         self.tracker.on_tokens(chunk)
-        self.last_logprobs = list(chunk.logprobs)
+        self.pending_logprobs += chunk.logprobs
 
     def absorb(self, chunk: ChatChunk, want_logprobs: bool) -> list[dict[str, Any]]:
         """Fold a parsed chunk in; returns its logprobs entries (content tokens)."""
         self.reasoning += chunk.reasoning
         self.content += chunk.content
-        entries = chat_logprobs(self.last_logprobs) if want_logprobs and chunk.content else []
-        self.logprobs += entries
+        entries = []
+        if want_logprobs and chunk.content:
+            entries = chat_logprobs(content_tokens(self.pending_logprobs, chunk.content))
+            self.logprobs += entries
+        self.pending_logprobs = []
         for call in chunk.tool_calls:
             known = self.tool_calls.setdefault(
                 call.index, {"id": call.id, "type": "function", "name": call.name, "arguments": ""}
@@ -66,6 +70,24 @@ class Choice:
             self.usage = chunk.usage
             self.tracker.finish(self.finish_reason, chunk.usage)
         return entries
+
+
+def content_tokens(
+    entries: list[inference_pb2.TokenLogprob], content: str
+) -> list[inference_pb2.TokenLogprob]:
+    """The tokens (since the last parsed chunk) that carry `content`: content closes the
+    chunk's text (headers and reasoning come before it), so take text tokens from the end
+    until their bytes cover the content's."""
+    needed = len(content.encode())
+    picked: list[inference_pb2.TokenLogprob] = []
+    for entry in reversed(entries):
+        if needed <= 0:
+            break
+        if entry.token_id >= STARTOFTEXT:
+            continue
+        picked.append(entry)
+        needed -= len(o200k_harmony().decode_single_token_bytes(entry.token_id))
+    return picked[::-1]
 
 
 @dataclass(frozen=True)

@@ -361,3 +361,28 @@ def test_rate_limit_is_shared_by_two_routers(stack):
     for client in clients:
         with pytest.raises(openai.RateLimitError):
             client.chat.completions.create(model=TINY_MODEL, messages=MESSAGES, max_tokens=1)
+
+
+def test_logprobs_and_vllm_sampling_extras(client):
+    response = client.chat.completions.create(
+        model=TINY_MODEL,
+        messages=MESSAGES,
+        max_tokens=8,
+        seed=3,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={
+            "top_k": 50,
+            "min_p": 0.01,
+            "repetition_penalty": 1.1,
+            "min_tokens": 8,
+            "ignore_eos": True,
+            "priority": 1,
+        },
+    )
+    choice = response.choices[0]
+    assert response.usage is not None and response.usage.completion_tokens == 8
+    entries = choice.logprobs.content if choice.logprobs is not None else None
+    assert entries, "content tokens come with their logprobs"
+    assert "".join(e.token for e in entries) == choice.message.content
+    assert all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries)
