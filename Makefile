@@ -15,9 +15,11 @@ INSTALL_INPUTS := pyproject.toml setup.py $(wildcard protos/*.proto) protos/buil
 
 .PHONY: up test install install-test protos lint typecheck helm-check pytest clean
 
-# Until `oss-serve up` exists (its own issue), this shows what the CLI offers.
+# The whole stack on this machine (Redis, Ray, replicas, router); flags in UP_ARGS, e.g.
+# make up UP_ARGS="--replicas 2 --http-port 8080". Ctrl-C stops everything.
+UP_ARGS ?=
 up: $(VENV)/.installed
-	$(BIN)/oss-serve --help
+	$(BIN)/oss-serve up $(UP_ARGS)
 
 test: $(VENV)/.installed-test
 	$(MAKE) lint typecheck helm-check pytest

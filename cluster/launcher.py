@@ -49,6 +49,9 @@ HTTP_STOP_TIMEOUT_S = 10.0
 ROUTER_STOP_GRACE_S = 2.0
 REPLICA_DRAIN_TIMEOUT_S = 35.0  # ReplicaService.drain waits up to 30 s for running requests
 RESTART_BACKOFF_S = 5.0
+# KV cache per replica on CPU unless set (the engine's own default, 1 GiB, is allocated and
+# zeroed up front: too much for a laptop demo; the demo model needs ~1 KiB per token)
+CPU_KV_CACHE_BYTES = 256 * 2**20
 
 
 class LaunchError(RuntimeError):
@@ -254,6 +257,18 @@ class Launcher:
             self._ray_owned = True
             detail = f"local, {cpus} CPUs"
         self.console.ready("ray runtime", detail)
+        self._size_cpu_kv_cache()
+
+    def _size_cpu_kv_cache(self) -> None:
+        settings = self.settings
+        on_gpu = settings.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
+        if on_gpu or "kv_cache_memory" in settings.model_fields_set:
+            return
+        self.settings = settings.model_copy(update={"kv_cache_memory": CPU_KV_CACHE_BYTES})
+        self.console.note(
+            f"KV cache {CPU_KV_CACHE_BYTES // 2**20} MiB per replica on CPU "
+            "(OSS_SERVE_KV_CACHE_MEMORY=<bytes> to change)"
+        )
 
     async def _start_router(self) -> None:
         from oss_serve.router.http.server import start_http_api
