@@ -35,6 +35,7 @@ import ray
 from pydantic import SecretStr
 from ray.exceptions import RayActorError, RayTaskError
 
+from oss_serve.cluster.local_processes import StartedProcesses
 from oss_serve.cluster.local_redis import LocalRedis
 from oss_serve.cluster.replica_actor import ReplicaStarted, spawn_replica_actor
 from oss_serve.cluster.up_console import Endpoints, UpConsole
@@ -49,6 +50,7 @@ HTTP_STOP_TIMEOUT_S = 10.0
 ROUTER_STOP_GRACE_S = 2.0
 REPLICA_DRAIN_TIMEOUT_S = 35.0  # ReplicaService.drain waits up to 30 s for running requests
 RESTART_BACKOFF_S = 5.0
+PROCESS_SNAPSHOT_INTERVAL_S = 2.0
 # KV cache per replica on CPU unless set (the engine's own default, 1 GiB, is allocated and
 # zeroed up front: too much for a laptop demo; the demo model needs ~1 KiB per token)
 CPU_KV_CACHE_BYTES = 256 * 2**20
@@ -186,6 +188,7 @@ class Launcher:
         self._stop = asyncio.Event()
         self._stopping = False
         self._watchers: list[asyncio.Task[None]] = []
+        self.processes = StartedProcesses()
 
     # --- the whole run --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -206,6 +209,7 @@ class Launcher:
             startup.result()
             self.console.banner(self.endpoints())
             self._watchers = [asyncio.create_task(self._supervise(r)) for r in self.replicas]
+            self._watchers.append(asyncio.create_task(self._record_processes()))
             await self._stop.wait()
             return 0
         finally:
@@ -225,6 +229,7 @@ class Launcher:
     async def _start_services(self) -> None:
         await self._start_router()
         await self._start_replicas()
+        self.processes.snapshot()
         await self._wait_until_routed()
 
     # --- start-up, in order ------------------------------------------------------------------------
@@ -237,6 +242,8 @@ class Launcher:
             self.redis = LocalRedis(self._redis_dir).start()
         except RuntimeError as err:
             raise LaunchError(str(err)) from err
+        if self.redis.pid is not None:
+            self.processes.exclude(self.redis.pid)  # stopped last, by LocalRedis.stop
         self.settings = self.settings.model_copy(update={"redis_url": SecretStr(self.redis.url)})
         self.console.ready("redis-server", f"{self.redis.url}  (pid {self.redis.pid})")
 
@@ -255,6 +262,7 @@ class Launcher:
             # "local": a runtime of our own even when a `ray start` cluster runs on this machine
             ray.init(address="local", num_cpus=cpus, namespace="oss-serve-up", **common)  # type: ignore[arg-type]
             self._ray_owned = True
+            self.processes.snapshot()
             detail = f"local, {cpus} CPUs"
         self.console.ready("ray runtime", detail)
         self._size_cpu_kv_cache()
@@ -343,6 +351,12 @@ class Launcher:
         )
 
     # --- while serving ------------------------------------------------------------------------------
+    async def _record_processes(self) -> None:
+        """Keep the record of started processes current (Ray starts workers as it needs them)."""
+        while not self._stopping:
+            self.processes.snapshot()
+            await asyncio.sleep(PROCESS_SNAPSHOT_INTERVAL_S)
+
     async def _supervise(self, replica: _Replica) -> None:
         """Restart a replica whose engine or actor died (same id: its requests resume)."""
         while not self._stopping:
@@ -373,6 +387,7 @@ class Launcher:
         self._stopping = True
         for watcher in self._watchers:
             watcher.cancel()
+        self.processes.snapshot()
         if self.http is not None:
             self.console.stopping("the HTTP API (finishing open requests)")
             await _bounded(self.http.stop(), HTTP_STOP_TIMEOUT_S, "HTTP API stop")
@@ -388,6 +403,8 @@ class Launcher:
             self.console.stopping("Ray")
             ray.shutdown()
             self._ray_owned = False
+        if ended := self.processes.end_survivors():
+            self.console.note(f"ended {len(ended)} process(es) left behind: {', '.join(ended)}")
         if self.redis is not None:
             self.console.stopping("redis-server")
             self.redis.stop()
@@ -401,10 +418,19 @@ class Launcher:
         if not actors:
             return
         self.console.stopping(f"{len(actors)} replica(s) (draining)")
-        stops = [asyncio.ensure_future(actor.stop.remote()) for actor in actors]
-        await _bounded(
-            asyncio.gather(*stops, return_exceptions=True), REPLICA_DRAIN_TIMEOUT_S, "replica drain"
-        )
+        stops = asyncio.gather(*(actor.stop.remote() for actor in actors), return_exceptions=True)
+        deadline = time.monotonic() + REPLICA_DRAIN_TIMEOUT_S
+        while not stops.done() and time.monotonic() < deadline:
+            if self._ray_owned and not self.processes.ray_core_alive():
+                # e.g. SIGTERM to the whole process group: the raylet is gone, nothing to drain
+                self.console.note("Ray's runtime stopped under us: not waiting for the drain")
+                break
+            await asyncio.wait({stops}, timeout=PROGRESS_POLL_S)
+        if not stops.done():
+            stops.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stops
+            log.warning("replicas did not finish draining", timeout_s=REPLICA_DRAIN_TIMEOUT_S)
         for replica in self.replicas:
             if replica.actor is not None:
                 with contextlib.suppress(Exception):

@@ -97,7 +97,8 @@ class UpConsole:
         self._console.print(banner_text(endpoints), markup=False)
 
     def stopping(self, what: str) -> None:
-        self._console.print(f"  stopping {what} ...")
+        elapsed_s = time.monotonic() - self._started
+        self._console.print(f"  stopping {what} ...  [dim]({elapsed_s:.1f}s)[/dim]")
 
 
 def banner_text(e: Endpoints) -> str:
