@@ -52,8 +52,9 @@ REPLICA_DRAIN_TIMEOUT_S = 35.0  # ReplicaService.drain waits up to 30 s for runn
 RESTART_BACKOFF_S = 5.0
 PROCESS_SNAPSHOT_INTERVAL_S = 2.0
 # KV cache per replica on CPU unless set (the engine's own default, 1 GiB, is allocated and
-# zeroed up front: too much for a laptop demo; the demo model needs ~1 KiB per token)
-CPU_KV_CACHE_BYTES = 256 * 2**20
+# zeroed up front: too much for a laptop demo; the demo model needs 256 B per token, so this
+# holds 256K tokens; gpt-oss-20b in bf16 needs 48 KiB per token)
+CPU_KV_CACHE_BYTES = 64 * 2**20
 
 
 class LaunchError(RuntimeError):

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
 from oss_serve.common.logging import configure_logging
+
+if TYPE_CHECKING:
+    from oss_serve.cluster.up_console import UpConsole
 
 DEMO_MODEL_NAME = "oss-serve-demo"
 
@@ -29,7 +34,7 @@ def up(
     config: ConfigOption = None,
 ) -> None:
     """Start Redis, a local Ray runtime, the replicas and a router; Ctrl-C stops them all."""
-    from oss_serve.cluster.launcher import Launcher, LaunchError, plan_launch
+    from oss_serve.cluster.launcher import Launcher, LaunchError, check_ports, plan_launch
     from oss_serve.cluster.up_console import UpConsole
 
     settings = settings_from_flags(
@@ -48,7 +53,8 @@ def up(
         configure_logging(settings.log_level, settings.log_format)
     console = UpConsole()
     try:
-        demo_model = _demo_model(settings.cache_dir) if settings.model is None else None
+        check_ports(settings)  # before the demo model, which may train for minutes
+        demo_model = _demo_model(settings.cache_dir, console) if settings.model is None else None
         plan = plan_launch(settings, replicas, demo_model=demo_model, demo_name=DEMO_MODEL_NAME)
         code = asyncio.run(Launcher(plan, console).run())
     except LaunchError as err:
@@ -56,13 +62,18 @@ def up(
     raise typer.Exit(code)
 
 
-def _demo_model(cache_dir: Path) -> Path:
-    """The embedded demo model's folder (trained on first run, then cached)."""
-    try:
-        from oss_serve.workers.demo_model import ensure_demo_model
-    except ImportError:
-        fail("the embedded demo model is not available in this build: pass --model", code=1)
-    return Path(ensure_demo_model())
+def _demo_model(cache_dir: Path, console: UpConsole) -> Path:
+    """The embedded demo model's folder (trained on first run in a child process, then cached)."""
+    from oss_serve.cluster.demo_model_process import DemoModelError, ensure_demo_model_in_child
+
+    console.note("demo model: looking in the cache (the first run trains it: a few minutes)")
+    with tempfile.TemporaryDirectory(prefix="oss-serve-up-") as scratch:
+        try:
+            folder = ensure_demo_model_in_child(cache_dir, Path(scratch) / "demo-model-path")
+        except DemoModelError as err:
+            fail(str(err), code=1)
+    console.ready("demo model", str(folder))
+    return folder
 
 
 def register(app: typer.Typer) -> None:
