@@ -1,0 +1,1 @@
+"""Bundled training data: the synthetic corpus the embedded demo model learns from."""
