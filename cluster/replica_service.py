@@ -26,6 +26,7 @@ from oss_serve.cluster.replica_queue import Delivery, ReplicaQueue
 from oss_serve.cluster.router_link import LinkDown, RequestSession, RouterLink, RouterLinks
 from oss_serve.common.logging import get_logger
 from oss_serve.protos import inference_pb2, replica_link_pb2
+from oss_serve.router.background import stop_tasks
 from oss_serve.router.queue.kv_events import KvEventPublisher
 from oss_serve.router.queue.redis_client import TRANSIENT_ERRORS
 from oss_serve.router.queue.registry import ReplicaLoad
@@ -93,7 +94,8 @@ class ReplicaService:
         self._capacity = asyncio.Event()
         self._finished_at: collections.deque[float] = collections.deque()
         self._started_ts = time.time()
-        self._stopping = False
+        self._stopping = False  # draining: no more pulls
+        self._closed = False  # stopped: no more heartbeats either
         self._attempts = 0
         self.fatal = asyncio.Event()  # set when the engine died: the host should exit
 
@@ -127,12 +129,10 @@ class ReplicaService:
         await self.stop()
 
     async def stop(self) -> None:
-        self._stopping = True
-        for task in [*self._loops, *self._tasks]:
-            task.cancel()
-        for task in [*self._loops, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._stopping = self._closed = True
+        if self.kv_events is not None:
+            self.kv_events.stop()
+        await stop_tasks([*self._loops, *self._tasks])
         with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.queue.deregister()
         await self.links.aclose()
@@ -169,7 +169,7 @@ class ReplicaService:
 
     async def _heartbeat_loop(self) -> None:
         outage_since: float | None = None
-        while True:
+        while not self._closed:
             try:
                 report = self.load_report(queued=await self.queue.queued())
                 await self.queue.heartbeat(report)

@@ -44,6 +44,7 @@ class ClusterView:
         self.redis_ok = False
         self._unreported: dict[str, _Unreported] = {}
         self._refreshed = asyncio.Event()
+        self._stopped = False
 
     async def refresh(self) -> None:
         replicas = await read_registry(self._redis, self._keys)
@@ -64,8 +65,11 @@ class ClusterView:
         self.redis_ok = True
         self._refreshed.set()
 
+    def stop(self) -> None:
+        self._stopped = True
+
     async def run(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 await self.refresh()
             except TRANSIENT_ERRORS as err:

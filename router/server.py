@@ -11,7 +11,6 @@ import asyncio
 import os
 import socket
 import uuid
-from contextlib import suppress
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +20,7 @@ from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.common.settings import Settings
 from oss_serve.protos import inference_pb2, inference_pb2_grpc, replica_link_pb2_grpc
 from oss_serve.router.admission import Admission
+from oss_serve.router.background import stop_tasks
 from oss_serve.router.cluster_view import ClusterView
 from oss_serve.router.grpc_api import InferenceService
 from oss_serve.router.link import LinkHub
@@ -54,6 +54,7 @@ class RouterServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._queue = RequestQueue(self.redis, keys)
         self.pipeline: RequestPipeline | None = None
 
@@ -72,6 +73,10 @@ class RouterServer:
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # replicas ping their idle links every 10 s: allow it (the default answers
+                # pings more often than every 5 minutes with GOAWAY "too_many_pings")
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+                ("grpc.http2.max_ping_strikes", 0),
             ]
         )
         self.port = self._server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
@@ -120,7 +125,7 @@ class RouterServer:
         """SERVING while Redis answers and at least one replica is healthy."""
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        while True:
+        while not self._stopped:
             status = serving if self.view.redis_ok and self.view.replicas else not_serving
             for service in ("", INFERENCE_SERVICE):
                 await self.health.set(service, status)
@@ -138,11 +143,10 @@ class RouterServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace_s)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with suppress(asyncio.CancelledError):
-                await task
+        self._stopped = True
+        self.view.stop()
+        self.events.stop()
+        await stop_tasks(self._tasks)
         await self.redis.aclose()
         log.info("router stopped", router_id=self.router_id)
 

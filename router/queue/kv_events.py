@@ -71,6 +71,7 @@ class KvEventPublisher:
         self._maxlen = maxlen
         self._flush_interval_s = flush_interval_s
         self._pending: collections.deque[tuple[int, list[int]]] = collections.deque()
+        self._stopped = False
 
     def sink(self, events: Iterable[Any]) -> None:
         """The engine's `kv_event_sink`: events with `.kind` and `.block_hashes`."""
@@ -103,8 +104,11 @@ class KvEventPublisher:
                 log.warning("kv events not published yet, retrying", error=str(err))
                 await asyncio.sleep(0.2)
 
+    def stop(self) -> None:
+        self._stopped = True
+
     async def run(self) -> None:
-        while True:
+        while not self._stopped:
             await self.flush()
             await asyncio.sleep(self._flush_interval_s)
 
@@ -118,6 +122,10 @@ class KvEventFollower:
         self.index = index
         self.last_id = b"0-0"
         self.batches_applied = 0
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
 
     async def poll(self, block_ms: int | None = None, count: int = 512) -> int:
         """Apply the next batches (waiting up to block_ms for one); returns how many."""
@@ -139,7 +147,7 @@ class KvEventFollower:
         return applied
 
     async def run(self, block_ms: int = 1000) -> None:
-        while True:
+        while not self._stopped:
             try:
                 await self.poll(block_ms)
             except _FOLLOW_ERRORS as err:

@@ -95,7 +95,17 @@ def start_router(
     env: dict[str, str] | None = None,
 ) -> tuple[Proc, str]:
     port = free_port()
-    args = [*OSS_SERVE, "router", "--redis-url", redis_url, "--grpc-port", str(port), *extra_args]
+    args = [
+        *OSS_SERVE,
+        "router",
+        "--redis-url",
+        redis_url,
+        "--grpc-port",
+        str(port),
+        "--http-port",
+        "0",
+        *extra_args,
+    ]
     return Proc(args, folder / f"{name}.log", _env(namespace, env)), f"127.0.0.1:{port}"
 
 
@@ -156,7 +166,16 @@ def generate(
     return tokens, chunks[-1].finish_reason if chunks else "", chunks
 
 
-def queue_is_empty(redis_url: str, namespace: str) -> bool:
-    """No request entry left in any stream, delivered or not."""
+def queue_is_empty(redis_url: str, namespace: str, wait_s: float = 5.0) -> bool:
+    """No request entry left in any stream, delivered or not (replicas acknowledge just
+    after the router has the finish, so this waits up to wait_s for that)."""
     client = redis.Redis.from_url(redis_url)
-    return all(not client.xlen(key) for key in client.scan_iter(f"{namespace}:req:*"))
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = {k: client.xlen(k) for k in client.scan_iter(f"{namespace}:req:*") if client.xlen(k)}
+        if not left:
+            return True
+        if time.monotonic() > deadline:
+            print(f"entries left in Redis: {left}")
+            return False
+        time.sleep(0.05)

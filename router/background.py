@@ -1,0 +1,21 @@
+"""Stopping background loops reliably (router and replica share it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from oss_serve.common.logging import get_logger
+
+log = get_logger(__name__)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], timeout_s: float = 3.0) -> None:
+    """Cancel background loops and wait for them, but never forever: a loop whose
+    cancellation was swallowed by a client library still has its stop flag set."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    if pending:
+        log.warning("background tasks did not stop in time", count=len(pending))
