@@ -49,7 +49,7 @@ REPLICAS_VISIBLE_TIMEOUT_S = 60.0
 HTTP_STOP_TIMEOUT_S = 10.0
 ROUTER_STOP_GRACE_S = 2.0
 REPLICA_DRAIN_TIMEOUT_S = 35.0  # ReplicaService.drain waits up to 30 s for running requests
-RESTART_BACKOFF_S = 5.0
+RESTART_BACKOFF_S = 2.0
 PROCESS_SNAPSHOT_INTERVAL_S = 2.0
 # KV cache per replica on CPU unless set (the engine's own default, 1 GiB, is allocated and
 # zeroed up front: too much for a laptop demo; the demo model needs 256 B per token, so this
@@ -369,7 +369,6 @@ class Launcher:
             if self._stopping:
                 return
             log.error("replica died: restarting it", replica_id=replica.replica_id, reason=reason)
-            self.console.note(f"replica {replica.index} died ({reason}): restarting it")
             with contextlib.suppress(Exception):
                 ray.kill(replica.actor, no_restart=True)
             await asyncio.sleep(RESTART_BACKOFF_S)

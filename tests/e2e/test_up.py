@@ -4,6 +4,8 @@ stream), gRPC, then SIGTERM: exit code 0 and no process left behind."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -14,6 +16,7 @@ from tests.router.stack import generate
 pytestmark = [pytest.mark.e2e]
 
 READY_TIMEOUT_S = 180.0
+MODEL = "gpt-oss-tiny-2l"
 MESSAGES = [{"role": "user", "content": "Hello!"}]
 
 
@@ -45,7 +48,7 @@ def test_up_prints_the_urls_and_the_generated_key_exactly_once(up: UpProcess):
 
 
 def test_plain_http_chat_needs_the_printed_key_and_answers_with_it(up: UpProcess):
-    body = {"model": "gpt-oss-tiny-2l", "messages": MESSAGES, "max_tokens": 8}
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8}
     url = f"{up.base_url}/v1/chat/completions"
     assert httpx.post(url, json=body, timeout=30).status_code == 401
     reply = httpx.post(
@@ -61,7 +64,7 @@ def test_plain_http_chat_needs_the_printed_key_and_answers_with_it(up: UpProcess
 
 def test_openai_client_streams_the_same_greedy_answer_it_returns_whole(client: openai.OpenAI):
     models = [m.id for m in client.models.list()]
-    assert models == ["gpt-oss-tiny-2l"]
+    assert models == [MODEL]
     args = {"model": models[0], "messages": MESSAGES, "max_tokens": 12, "temperature": 0}
     whole = client.chat.completions.create(**args)
     message = whole.choices[0].message
@@ -81,6 +84,21 @@ def test_grpc_generate_answers_on_the_printed_address(up: UpProcess):
         f"127.0.0.1:{up.grpc_port}", [200006, 1428, 200008], max_tokens=4
     )
     assert len(tokens) == 4 and finish_reason == "length"
+
+
+def test_a_replica_whose_process_dies_is_restarted_and_serves_again(up: UpProcess, client):
+    actors = [p for p in up.tree() if "ReplicaActor" in " ".join(p.cmdline())]
+    assert len(actors) == 1
+    actors[0].kill()
+    deadline = time.monotonic() + 90
+    while "✓ replica 0 restarted" not in up.output():
+        assert time.monotonic() < deadline, up.output()
+        time.sleep(0.2)
+    up.wait_ready(60)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0
+    )
+    assert reply.usage is not None and reply.usage.completion_tokens == 4
 
 
 def test_sigterm_stops_everything_in_order_with_no_process_left(up: UpProcess):
