@@ -103,13 +103,12 @@ class UpConsole:
 
 def banner_text(e: Endpoints) -> str:
     """The URLs, the key (printed here only) and examples that work as pasted."""
-    key_line = (
-        f"export OSS_SERVE_API_KEY={e.api_key}"
-        if e.api_key
-        else "none (pass --api-key KEY to require one)"
-    )
-    if e.api_key_generated:
-        key_line += "   # generated for this run; --api-key KEY chooses one"
+    if e.api_key is None:
+        key_line = "none (pass --api-key KEY to require one)"
+    elif e.api_key_generated:
+        key_line = f"export OSS_SERVE_API_KEY={e.api_key}   # generated for this run; --api-key KEY chooses one"
+    else:  # the user's own secret (flag, env or file): not echoed
+        key_line = "yours (--api-key): export OSS_SERVE_API_KEY=<it> for the examples below"
     auth = ' -H "Authorization: Bearer $OSS_SERVE_API_KEY"' if e.api_key else ""
     client_key = 'os.environ["OSS_SERVE_API_KEY"]' if e.api_key else '"none"'
     replicas = f"{e.replicas} replica" + ("s" if e.replicas != 1 else "")
