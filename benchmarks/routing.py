@@ -6,7 +6,9 @@
 `micro` times PrefixAware.select on an index of 10^5 block hashes over 16 replicas (the
 prompt's hashes precomputed: the decision itself), and separately the hashing of a prompt.
 
-`macro` starts a redis-server, replica processes (`oss-serve replica`, tiny model) and two
+`macro` (default workload: 12 conversations x 5 turns, a 256-token shared system prompt,
+a 1536-token per-conversation context, 64 new user tokens and 16 output tokens a turn)
+starts a redis-server, replica processes (`oss-serve replica`, tiny model) and two
 in-process routers, then runs the same multi-turn workload (conversations sharing a long
 system prompt, each turn extending its own history) once per policy on two replicas and
 once on a single replica. It prints, side by side: the prefix-cache hit rate from the
@@ -372,12 +374,12 @@ def main() -> None:
     m.add_argument("--matched-blocks", type=int, default=64)
     m.add_argument("--trials", type=int, default=2000)
     w = sub.add_parser("macro")
-    w.add_argument("--conversations", type=int, default=16)
-    w.add_argument("--turns", type=int, default=6)
-    w.add_argument("--system-tokens", type=int, default=512)
-    w.add_argument("--context-tokens", type=int, default=512)
+    w.add_argument("--conversations", type=int, default=12)
+    w.add_argument("--turns", type=int, default=5)
+    w.add_argument("--system-tokens", type=int, default=256)
+    w.add_argument("--context-tokens", type=int, default=1536)
     w.add_argument("--user-tokens", type=int, default=64)
-    w.add_argument("--output-tokens", type=int, default=24)
+    w.add_argument("--output-tokens", type=int, default=16)
     w.add_argument(
         "--policies", default="round_robin,least_load,prefix_aware:kv_blocks,prefix_aware"
     )
