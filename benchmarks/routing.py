@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from oss_serve.common.kv_hash import block_hashes
 from oss_serve.router.policies import Candidate, PrefixAware, RouteRequest
@@ -171,7 +172,7 @@ class Workload:
 
 
 async def _conversation(
-    stub,
+    stub: list[Any],
     model: str,
     workload: Workload,
     system: list[int],
@@ -204,7 +205,7 @@ async def _conversation(
         await asyncio.sleep(rng.uniform(0.0, 0.05))  # the user reads, then types
 
 
-async def _registry(redis, namespace: str, replicas: list[str]) -> dict[str, dict[str, float]]:
+async def _registry(redis: Any, namespace: str, replicas: list[str]) -> dict[str, dict[str, float]]:
     out = {}
     for replica in replicas:
         raw = await redis.hgetall(f"{namespace}:replica:{replica}")
@@ -235,12 +236,14 @@ async def _run_policy(
 
     redis = connect(procs.redis_url)
     name, _, measure = policy.partition(":")  # e.g. prefix_aware:kv_blocks = Dynamo's cost
-    settings = Settings(
-        redis_url=procs.redis_url,
-        redis_namespace=namespace,
-        grpc_port=0,
-        routing_policy=name,
-        prefix_load_measure=measure or "prefill",
+    settings = Settings.model_validate(
+        {
+            "redis_url": procs.redis_url,
+            "redis_namespace": namespace,
+            "grpc_port": 0,
+            "routing_policy": name,
+            "prefix_load_measure": measure or "prefill",
+        }
     )
     routers = [RouterServer(settings) for _ in range(2)]
     for router in routers:

@@ -24,7 +24,9 @@ def router(
     ] = None,
     api_key: Annotated[
         str | None,
-        typer.Option("--api-key", help="Accept this key (besides `oss-serve keys`); required then."),
+        typer.Option(
+            "--api-key", help="Accept this key (besides `oss-serve keys`); required then."
+        ),
     ] = None,
     advertise_host: Annotated[
         str | None, typer.Option("--advertise-host", help="Host replicas use to reach this router.")
