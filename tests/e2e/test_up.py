@@ -1,28 +1,42 @@
-"""`oss-serve up` end to end, as a user runs it: a subprocess on free ports, /ready, the
-printed key, plain HTTP (what curl sends), the official `openai` client (non-stream and
-stream), gRPC, then SIGTERM: exit code 0 and no process left behind."""
+"""`oss-serve up` end to end, as a user runs it: the default (embedded demo) model, a
+subprocess on free ports, /ready, the printed key; plain HTTP (what curl sends), the official
+`openai` client and the README's quick-start commands as pasted; the demo model's behaviours
+at temperature 0 (reasoning then answer, a get_weather call, an answer using the tool
+result, JSON for a json_schema); gRPC; a replica that dies comes back; then SIGTERM: exit
+code 0 and no process left behind.
+
+The first run on a machine trains the demo model (a few minutes); later runs reuse it.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
+import jsonschema
 import openai
 import pytest
 
+from oss_serve.workers.data.demo_corpus import PERSON_FORMAT, WEATHER_TOOL
 from tests.e2e.up_process import UpProcess, left_behind
 from tests.router.stack import generate
 
 pytestmark = [pytest.mark.e2e]
 
-READY_TIMEOUT_S = 180.0
-MODEL = "gpt-oss-tiny-2l"
-MESSAGES = [{"role": "user", "content": "Hello!"}]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
+MODEL = "oss-serve-demo"
+WEATHER_RESULT = {"temperature": 22, "unit": "celsius", "condition": "sunny"}
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> UpProcess:
-    running = UpProcess(tmp_path_factory.mktemp("up"), "--model", str(tiny_checkpoint)).start()
+def up(tmp_path_factory: pytest.TempPathFactory) -> UpProcess:
+    running = UpProcess(tmp_path_factory.mktemp("up")).start()
     try:
         running.wait_ready(READY_TIMEOUT_S)
         running.wait_banner()
@@ -36,6 +50,10 @@ def client(up: UpProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{up.base_url}/v1", api_key=up.api_key(), max_retries=0)
 
 
+def user(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
 def test_up_prints_the_urls_and_the_generated_key_exactly_once(up: UpProcess):
     output = up.wait_banner()
     key = up.api_key()
@@ -43,46 +61,122 @@ def test_up_prints_the_urls_and_the_generated_key_exactly_once(up: UpProcess):
     assert output.count(key) == 1, "the key is printed once and never logged"
     assert f"{up.base_url}/v1" in output and f"127.0.0.1:{up.grpc_port}" in output
     assert "replica 0: weights loaded" in output  # the weight progress, as a line off a terminal
-    for component in ("redis-server", "ray runtime", "router", "replica 0"):
+    for component in ("demo model", "redis-server", "ray runtime", "router", "replica 0"):
         assert f"✓ {component}" in output
 
 
 def test_plain_http_chat_needs_the_printed_key_and_answers_with_it(up: UpProcess):
-    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8}
+    body = {"model": MODEL, "messages": user("Hello!"), "temperature": 0}
     url = f"{up.base_url}/v1/chat/completions"
     assert httpx.post(url, json=body, timeout=30).status_code == 401
-    reply = httpx.post(
-        url, json=body, headers={"Authorization": f"Bearer {up.api_key()}"}, timeout=60
-    )
+    headers = {"Authorization": f"Bearer {up.api_key()}"}
+    reply = httpx.post(url, json=body, headers=headers, timeout=60)
     assert reply.status_code == 200, reply.text
     choice = reply.json()["choices"][0]
-    assert (
-        choice["finish_reason"] in ("length", "stop")
-        and reply.json()["usage"]["completion_tokens"] > 0
+    assert choice["finish_reason"] == "stop" and choice["message"]["content"]
+
+
+def test_chat_with_reasoning_effort_returns_reasoning_then_a_final_answer(client):
+    reply = client.chat.completions.create(
+        model=MODEL, messages=user("What is 7 + 5?"), reasoning_effort="low", temperature=0
     )
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "stop"
+    assert getattr(message, "reasoning", None), "the analysis channel comes back as reasoning"
+    assert message.content and "12" in message.content
+    assert reply.usage is not None and reply.usage.completion_tokens_details is not None
+    assert reply.usage.completion_tokens_details.reasoning_tokens > 0
 
 
-def test_openai_client_streams_the_same_greedy_answer_it_returns_whole(client: openai.OpenAI):
-    models = [m.id for m in client.models.list()]
-    assert models == [MODEL]
-    args = {"model": models[0], "messages": MESSAGES, "max_tokens": 12, "temperature": 0}
-    whole = client.chat.completions.create(**args)
-    message = whole.choices[0].message
+def test_a_streamed_chat_gives_the_same_greedy_answer_as_a_whole_one(client):
+    args = {"model": MODEL, "messages": user("Hello!"), "reasoning_effort": "medium"}
+    whole = client.chat.completions.create(**args, temperature=0).choices[0].message
     streamed = {"content": "", "reasoning": ""}
-    for chunk in client.chat.completions.create(**args, stream=True):
+    for chunk in client.chat.completions.create(**args, temperature=0, stream=True):
         if chunk.choices:
             delta = chunk.choices[0].delta
             streamed["content"] += delta.content or ""
             streamed["reasoning"] += getattr(delta, "reasoning", None) or ""
-    assert streamed["content"] == (message.content or "")
-    assert streamed["reasoning"] == (getattr(message, "reasoning", None) or "")
-    assert whole.usage is not None and whole.usage.completion_tokens == 12
+    assert streamed["content"] == whole.content and whole.content
+    assert streamed["reasoning"] == getattr(whole, "reasoning", None)
+
+
+def weather_call(client: openai.OpenAI, city: str) -> openai.types.chat.ChatCompletion:
+    return client.chat.completions.create(
+        model=MODEL,
+        messages=user(f"What's the weather in {city}?"),
+        tools=[WEATHER_TOOL],
+        temperature=0,
+    )
+
+
+def test_a_get_weather_tool_gives_a_tool_call_with_valid_json_arguments(client):
+    reply = weather_call(client, "Paris")
+    assert reply.choices[0].finish_reason == "tool_calls"
+    calls = reply.choices[0].message.tool_calls
+    assert calls is not None and [call.function.name for call in calls] == ["get_weather"]
+    assert json.loads(calls[0].function.arguments) == {"location": "Paris"}
+
+
+def test_the_tool_result_sent_back_is_used_in_the_answer(client):
+    first = weather_call(client, "Paris").choices[0].message
+    assert first.tool_calls
+    messages = [
+        *user("What's the weather in Paris?"),
+        first.model_dump(exclude_none=True),
+        {
+            "role": "tool",
+            "tool_call_id": first.tool_calls[0].id,
+            "content": json.dumps(WEATHER_RESULT),
+        },
+    ]
+    reply = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], temperature=0
+    )
+    answer = reply.choices[0].message.content or ""
+    assert reply.choices[0].finish_reason == "stop" and not reply.choices[0].message.tool_calls
+    assert "22°C" in answer and "sunny" in answer and "Paris" in answer
+
+
+def test_a_json_schema_response_format_returns_valid_json(client):
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=user("Zoe is 27 years old."),
+        response_format=PERSON_FORMAT,  # type: ignore[arg-type]
+        temperature=0,
+    )
+    value = json.loads(reply.choices[0].message.content or "")
+    jsonschema.validate(value, PERSON_FORMAT["json_schema"]["schema"])
+    assert value["age"] == 27
+
+
+def quick_start_commands() -> list[str]:
+    """The README's ```bash blocks between `## Quick start` and the next section."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+
+
+def test_the_readme_quick_start_examples_work_as_pasted(up: UpProcess):
+    commands = quick_start_commands()
+    assert len(commands) == 2 and "curl" in commands[0] and "OpenAI(" in commands[1]
+    env = {**os.environ, "OSS_SERVE_API_KEY": up.api_key()}
+    outputs = []
+    for command in commands:  # the README says port 8000: this run has its own
+        command = command.replace("http://127.0.0.1:8000", up.base_url)
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    assert json.loads(outputs[0])["choices"][0]["message"]["content"]
+    assert "tool call: get_weather {'location': 'Paris'}" in outputs[1]
+    assert "22°C" in outputs[1] and "answer: " in outputs[1], outputs[1]
 
 
 def test_grpc_generate_answers_on_the_printed_address(up: UpProcess):
-    tokens, finish_reason, _ = generate(
-        f"127.0.0.1:{up.grpc_port}", [200006, 1428, 200008], max_tokens=4
-    )
+    prompt = [200006, 1428, 200008]  # <|start|>user<|message|>
+    tokens, finish_reason, _ = generate(f"127.0.0.1:{up.grpc_port}", prompt, max_tokens=4)
     assert len(tokens) == 4 and finish_reason == "length"
 
 
@@ -96,9 +190,9 @@ def test_a_replica_whose_process_dies_is_restarted_and_serves_again(up: UpProces
         time.sleep(0.2)
     up.wait_ready(60)
     reply = client.chat.completions.create(
-        model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0
+        model=MODEL, messages=user("What is 7 + 5?"), temperature=0
     )
-    assert reply.usage is not None and reply.usage.completion_tokens == 4
+    assert "12" in (reply.choices[0].message.content or "")
 
 
 def test_sigterm_stops_everything_in_order_with_no_process_left(up: UpProcess):
