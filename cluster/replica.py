@@ -181,6 +181,7 @@ class RayReplica:
         *,
         priority: int = 0,
         prompt: str | None = None,
+        resume_output_token_ids: Sequence[int] = (),
     ) -> AsyncIterator[RequestOutput]:
         """AsyncEngine.generate; refuses new requests while draining or after a failure."""
         engine = self._engine()
@@ -189,8 +190,9 @@ class RayReplica:
         self._active_requests += 1
         try:
             async for output in engine.generate(
-                request_id, prompt_token_ids, sampling_params, priority=priority, prompt=prompt
-            ):
+                request_id, prompt_token_ids, sampling_params, priority=priority, prompt=prompt,
+                resume_output_token_ids=resume_output_token_ids,
+            ):  # fmt: skip
                 yield output
         finally:
             self._active_requests -= 1

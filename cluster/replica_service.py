@@ -48,6 +48,7 @@ class ReplicaEngine(Protocol):
         sampling_params: Any = None,
         *,
         priority: int = 0,
+        resume_output_token_ids: Sequence[int] = (),
     ) -> AsyncIterator[Any]: ...
 
     async def abort(self, request_id: str) -> None: ...
@@ -371,8 +372,13 @@ class ReplicaService:
             link.send(_tokens(delivery, self.config.replica_id, offset, [], [], "length", 0))
             return Outcome("done")
         top_k = record.sampling.logprobs if record.sampling.HasField("logprobs") else None
-        prompt = [*record.prompt_token_ids, *emitted]
-        stream = self.engine.generate(engine_id, prompt, params, priority=record.priority)
+        stream = self.engine.generate(  # continues exactly after `emitted` (seeded sampling too)
+            engine_id,
+            list(record.prompt_token_ids),
+            params,
+            priority=record.priority,
+            resume_output_token_ids=emitted,
+        )
         try:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]
                 async for output in stream:
@@ -459,11 +465,11 @@ async def _first(*events: asyncio.Event) -> None:
 
 
 def engine_sampling_args(
-    sampling: inference_pb2.SamplingParams, emitted: int | Sequence[int]
+    sampling: inference_pb2.SamplingParams, emitted: Sequence[int] = ()
 ) -> dict[str, Any]:
-    """vLLM-named SamplingParams arguments of a queued request, resumed after `emitted`
-    tokens (their ids, or only their count when no structured output needs them)."""
-    num_emitted = emitted if isinstance(emitted, int) else len(emitted)
+    """vLLM-named SamplingParams arguments of a queued request. The engine counts the
+    `emitted` tokens (given to it as resume_output_token_ids) towards max/min_tokens itself;
+    a structured-output matcher is advanced over them here."""
     args: dict[str, Any] = {}
     for name in (
         "temperature", "top_p", "top_k", "min_p", "seed", "max_tokens", "min_tokens",
@@ -471,10 +477,6 @@ def engine_sampling_args(
     ):  # fmt: skip
         if sampling.HasField(name):
             args[name] = getattr(sampling, name)
-    if "max_tokens" in args:
-        args["max_tokens"] = max(1, args["max_tokens"] - num_emitted)
-    if "min_tokens" in args:
-        args["min_tokens"] = max(0, args["min_tokens"] - num_emitted)
     if sampling.stop:
         args["stop"] = list(sampling.stop)
     else:
@@ -486,7 +488,7 @@ def engine_sampling_args(
     if sampling.HasField("structured_output"):  # the host builds the grammar processor
         args["extra_args"] = {
             "structured_output": sampling.structured_output.SerializeToString(),
-            "structured_output_resume": [] if isinstance(emitted, int) else list(emitted),
+            "structured_output_resume": list(emitted),
         }
     return args
 

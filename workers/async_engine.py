@@ -97,9 +97,12 @@ class AsyncEngine:
         *,
         priority: int = 0,
         prompt: str | None = None,
+        resume_output_token_ids: Sequence[int] = (),
     ) -> AsyncIterator[RequestOutput]:
         """Stream RequestOutput deltas (new tokens, text, logprobs) until the request finishes.
 
+        `resume_output_token_ids`: tokens the request already emitted (a replica died); it
+        continues after them exactly as if never interrupted and streams only new tokens.
         Bad input raises InvalidRequestError from the first iteration; closing the iterator
         early aborts the request.
         """
@@ -110,9 +113,13 @@ class AsyncEngine:
         stream = _Stream(asyncio.get_running_loop())
         self._streams[request_id] = stream
         tokens = list(prompt_token_ids)
+        resumed = list(resume_output_token_ids)
 
         def add(core: EngineCore) -> None:
-            core.add_request(request_id, tokens, params, priority=priority, prompt=prompt)
+            core.add_request(
+                request_id, tokens, params, priority=priority, prompt=prompt,
+                resume_output_token_ids=resumed,
+            )  # fmt: skip
 
         self._submit(add, request_id)
         finished = False

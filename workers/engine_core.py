@@ -108,15 +108,22 @@ class EngineCore:
         priority: int = 0,
         prompt: str | None = None,
         arrival_time: float | None = None,
+        resume_output_token_ids: Sequence[int] = (),
     ) -> None:
-        """Queue a request (n > 1 becomes n sequences sharing the prompt); raises on bad input."""
+        """Queue a request (n > 1 becomes n sequences sharing the prompt); raises on bad input.
+
+        `resume_output_token_ids`: output tokens the request already emitted (on a replica
+        that died); it continues after them as if never interrupted (sampling index,
+        penalties, min/max_tokens, stop strings) and outputs only what follows them.
+        """
         params = sampling_params or SamplingParams()
         tokens = self._validate(request_id, prompt_token_ids, params)
-        arrival = time.time() if arrival_time is None else arrival_time
-        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         max_tokens = self.max_model_len - len(tokens)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
+        resumed = self._validate_resume(resume_output_token_ids, params, max_tokens)
+        arrival = time.time() if arrival_time is None else arrival_time
+        base_seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
         child_ids = (
             [request_id] if params.n == 1 else [f"{i}_{request_id}" for i in range(params.n)]
         )
@@ -124,7 +131,9 @@ class EngineCore:
         extra_key = (
             None if self.config.enable_prefix_caching else f"private-{next(self._family_counter)}"
         )
-        self.output_processor.add_request(request_id, prompt, tokens, params, child_ids, arrival)
+        self.output_processor.add_request(
+            request_id, prompt, tokens, params, child_ids, arrival, resumed
+        )
         for index, child_id in enumerate(child_ids):
             child_params = params if index == 0 else _fork_params(params)
             self.scheduler.add_request(
@@ -133,7 +142,7 @@ class EngineCore:
                     seed=base_seed + index, eos_token_ids=self.eos_token_ids,
                     block_size=self.config.block_size, max_tokens=max_tokens, priority=priority,
                     arrival_time=arrival, kv_extra_key=extra_key, parent_id=request_id,
-                    index=index, siblings=siblings,
+                    index=index, siblings=siblings, resumed_output_token_ids=resumed,
                 )
             )  # fmt: skip
 
@@ -172,6 +181,28 @@ class EngineCore:
         except TypeError as exc:
             raise InvalidRequestError(str(exc), field="logits_processors") from exc
         return tokens
+
+    def _validate_resume(
+        self, token_ids: Sequence[int], params: SamplingParams, max_tokens: int
+    ) -> list[int]:
+        field = "resume_output_token_ids"
+        try:
+            resumed = [operator.index(t) for t in token_ids]
+        except TypeError as exc:
+            raise InvalidRequestError(f"{field} must be integers", field) from exc
+        if not resumed:
+            return resumed
+        if params.n != 1:
+            raise InvalidRequestError(f"{field} needs n == 1 (one sequence to continue)", field)
+        if any(not 0 <= t < self.vocab_size for t in resumed):
+            raise InvalidRequestError(f"{field} must be in [0, {self.vocab_size})", field)
+        if len(resumed) >= max_tokens:
+            raise InvalidRequestError(
+                f"{len(resumed)} resumed tokens leave no room under max_tokens / max_model_len "
+                f"({max_tokens} output tokens at most): the request has already finished",
+                field,
+            )
+        return resumed
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """End a request now; returns its final output (finish_reason "abort") if it was live."""

@@ -9,6 +9,7 @@ delta for streaming, final only for offline generate).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from oss_serve.workers.detokenizer import IncrementalDetokenizer, Tokenizer, decode_token
@@ -20,7 +21,11 @@ from oss_serve.workers.outputs import (
     RequestOutput,
     SampleLogprobs,
 )
-from oss_serve.workers.sampling_params import RequestOutputKind, SamplingParams
+from oss_serve.workers.sampling_params import (
+    InvalidRequestError,
+    RequestOutputKind,
+    SamplingParams,
+)
 from oss_serve.workers.scheduler_output import EngineCoreOutput, TokenLogprobs
 
 
@@ -59,6 +64,27 @@ class _Request:
         return all(s.finish_reason is not None for s in self.sequences)
 
 
+def _resume(sequence: _Sequence, token_ids: Sequence[int]) -> None:
+    """Start a sequence after tokens it emitted before, as if it had streamed them here:
+    they count for stop strings and cumulative outputs, never in a delta. Their logprobs
+    are unknown here (empty entries)."""
+    sequence.token_ids = list(token_ids)
+    sequence.sent_tokens = len(token_ids)
+    if sequence.logprobs is not None:
+        sequence.logprobs = [{} for _ in token_ids]
+    detokenizer = sequence.detokenizer
+    if detokenizer is not None:
+        detokenizer.update(token_ids)
+        if detokenizer.stop_string is not None:
+            raise InvalidRequestError(
+                f"resume_output_token_ids already contain the stop string "
+                f"{detokenizer.stop_string!r}: the request has already finished",
+                field="resume_output_token_ids",
+            )
+        sequence.text = detokenizer.text
+        sequence.sent_text = detokenizer.streamable_length
+
+
 class OutputProcessor:
     def __init__(self, tokenizer: Tokenizer | None) -> None:
         self.tokenizer = tokenizer
@@ -73,11 +99,15 @@ class OutputProcessor:
         params: SamplingParams,
         child_ids: list[str],
         arrival_time: float,
+        resumed_token_ids: Sequence[int] = (),
     ) -> None:
+        """Track a request; `resumed_token_ids` are output tokens emitted before (elsewhere)."""
         sequences = [_Sequence(index, self._detokenizer(params)) for index in range(len(child_ids))]
         for sequence in sequences:
             if params.logprobs is not None:
                 sequence.logprobs, sequence.cumulative_logprob = [], 0.0
+            if resumed_token_ids:
+                _resume(sequence, resumed_token_ids)
         state = _Request(
             request_id, prompt, list(prompt_token_ids), params, sequences, list(child_ids),
             RequestMetrics(arrival_time=arrival_time),

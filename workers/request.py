@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from oss_serve.common.kv_hash import hash_block
@@ -67,6 +68,7 @@ class Request:
         parent_id: str | None = None,
         index: int = 0,
         siblings: SiblingGroup | None = None,
+        resumed_output_token_ids: Sequence[int] = (),
     ) -> None:
         self.request_id = request_id
         self.parent_id = parent_id or request_id
@@ -74,8 +76,9 @@ class Request:
         self.siblings = siblings
         self.prompt_token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(self.prompt_token_ids)
-        self.output_token_ids: list[int] = []
-        self.all_token_ids: list[int] = list(self.prompt_token_ids)
+        # a request resumed elsewhere continues after the tokens it already emitted there
+        self.output_token_ids: list[int] = list(resumed_output_token_ids)
+        self.all_token_ids: list[int] = [*self.prompt_token_ids, *self.output_token_ids]
         self.sampling_params = sampling_params
         self.seed = seed
         self.eos_token_ids = eos_token_ids

@@ -149,11 +149,13 @@ def generate(
     session_key: str = "",
     timeout_s: float = 60,
     on_chunk: object = None,
+    sampling: inference_pb2.SamplingParams | None = None,
 ) -> tuple[list[int], str, list[inference_pb2.GenerateResponse]]:
-    """Greedy Generate; returns (token ids, finish reason, the raw chunks)."""
+    """Generate (greedy unless `sampling` is given); returns (token ids, finish reason,
+    the raw chunks)."""
     request = inference_pb2.GenerateRequest(
         prompt_token_ids=prompt,
-        sampling=inference_pb2.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        sampling=sampling or inference_pb2.SamplingParams(temperature=0.0, max_tokens=max_tokens),
         options=inference_pb2.RequestOptions(session_key=session_key),
     )
     chunks = []

@@ -1,7 +1,8 @@
 """No request lost: a replica process killed mid-stream, and Redis restarted (AOF) under load.
 
 Real processes throughout: redis-server, `oss-serve replica` x2 (tiny model), `oss-serve
-router`. Outputs are greedy, so an undisturbed run is the reference for every token.
+router`. Half the requests are greedy, half seeded non-greedy with penalties (a resumed
+request continues its sampling exactly): an undisturbed run is the reference for every token.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from oss_serve.protos import inference_pb2
 from tests.router.servers import RedisServer
 from tests.router.stack import (
     generate,
@@ -30,6 +32,18 @@ REPLICAS = ("chaos-a", "chaos-b")
 NUM_REQUESTS = 20
 MAX_TOKENS = 48
 PROMPTS = [[3000 + i] * 9 + list(range(100 + i, 130 + i)) for i in range(NUM_REQUESTS)]
+
+
+def sampling(index: int) -> inference_pb2.SamplingParams:
+    """Odd requests greedy, even ones seeded. top_k keeps the draw away from the random
+    model's near-uniform tail, where batch-size-dependent float rounding of the logits
+    would move an inverse-CDF draw to a neighbouring token."""
+    if index % 2:
+        return inference_pb2.SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+    return inference_pb2.SamplingParams(
+        temperature=0.8, top_k=4, seed=100 + index, max_tokens=MAX_TOKENS, ignore_eos=True,
+        presence_penalty=0.5, frequency_penalty=0.4, repetition_penalty=1.2,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +72,13 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(stack):
-    """Every prompt's greedy output, undisturbed."""
+    """Every prompt's output, undisturbed."""
     with ThreadPoolExecutor(NUM_REQUESTS) as pool:
         results = list(
-            pool.map(lambda p: generate(stack["address"], p, max_tokens=MAX_TOKENS), PROMPTS)
+            pool.map(
+                lambda i: generate(stack["address"], PROMPTS[i], sampling=sampling(i)),
+                range(NUM_REQUESTS),
+            )
         )
     assert all(len(tokens) == MAX_TOKENS for tokens, _, _ in results)
     return [tokens for tokens, _, _ in results]
@@ -95,7 +112,7 @@ def run_all(stack, progress: Progress, session_key: str = ""):
     pool = ThreadPoolExecutor(NUM_REQUESTS)
     futures = [
         pool.submit(
-            generate, stack["address"], prompt, max_tokens=MAX_TOKENS, session_key=session_key,
+            generate, stack["address"], prompt, sampling=sampling(i), session_key=session_key,
             on_chunk=progress.callback(i), timeout_s=120,
         )
         for i, prompt in enumerate(PROMPTS)
@@ -116,7 +133,7 @@ def test_killing_a_replica_mid_stream_loses_and_repeats_no_token(stack, referenc
     assert max(at_kill) < MAX_TOKENS, f"some requests finished before the kill: {at_kill}"
     for (tokens, finish, _), expected in zip(results, reference, strict=True):
         assert finish == "length"
-        assert tokens == expected  # no gap, no repeat, same greedy tokens as undisturbed
+        assert tokens == expected  # no gap, no repeat, same tokens as undisturbed
     assert queue_is_empty(server.url, namespace)
     survivor = next(r for r in REPLICAS if r != victim)
     assert "claimed idle entries" in stack["replicas"][survivor].log()
@@ -132,7 +149,7 @@ def test_restarting_redis_under_load_loses_no_request(stack, reference):
     progress.wait_all_streaming(at_least=2)
     server.stop()  # SIGTERM: the AOF is flushed
     late = ThreadPoolExecutor(2).submit(
-        generate, stack["address"], PROMPTS[0], max_tokens=MAX_TOKENS
+        generate, stack["address"], PROMPTS[0], sampling=sampling(0)
     )
     time.sleep(1.5)  # longer than the heartbeat TTL: every key lapses while Redis is down
     server.start()  # same port, same folder: reloads the AOF
