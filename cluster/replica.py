@@ -25,6 +25,7 @@ from oss_serve.cluster.pipelined_core import PipelinedEngineCore
 from oss_serve.cluster.ray_executor import RayExecutor, RayReplicaOptions, ReplicaFailedError
 from oss_serve.cluster.worker_actor import RankHealth
 from oss_serve.common.logging import get_logger
+from oss_serve.workers.admission import AdmissionCapacity
 from oss_serve.workers.async_engine import AsyncEngine, EngineDeadError
 from oss_serve.workers.engine_config import EngineConfig
 from oss_serve.workers.metrics import EngineStats
@@ -209,6 +210,11 @@ class RayReplica:
         if self.engine is None or self._draining or not self.is_running:
             return False
         return self.engine.can_admit(num_prompt_tokens)
+
+    def admission_capacity(self) -> AdmissionCapacity:
+        if self.engine is None or self._draining or not self.is_running:
+            return AdmissionCapacity.none()
+        return self.engine.admission_capacity()
 
     def _engine(self) -> AsyncEngine:
         if self.executor is not None and self.executor.failure is not None:

@@ -57,6 +57,8 @@ class ReplicaEngine(Protocol):
 
     def can_admit(self, num_prompt_tokens: int) -> bool: ...
 
+    def admission_capacity(self) -> Any: ...  # AdmissionCapacity: .admits(prompt_lens)
+
 
 @dataclass(frozen=True)
 class ReplicaConfig:
@@ -89,7 +91,8 @@ class ReplicaService:
         self.kv_events = kv_events
         self._make_sampling_params = make_sampling_params
         self._inflight: dict[str, Delivery] = {}
-        self._starting: set[str] = set()  # pulled, not yet submitted to the engine
+        # pulled, not yet submitted to the engine: entry id -> prompt tokens it will need
+        self._starting: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._capacity = asyncio.Event()
@@ -193,7 +196,7 @@ class ReplicaService:
         while not self._stopping:
             try:
                 if not backlog:
-                    if self._starting or not self.engine.can_admit(self.config.block_size):
+                    if not self._has_room_for(self.config.block_size):
                         await self._wait_for_capacity()
                         continue
                     backlog.extend(
@@ -203,16 +206,22 @@ class ReplicaService:
                     continue
                 delivery = backlog[0]
                 prompt_len = len(delivery.record.prompt_token_ids) if delivery.record else 0
-                busy = bool(self._inflight) and not self.engine.can_admit(prompt_len)
-                if delivery.record is not None and (self._starting or busy):
+                busy = bool(self._inflight or self._starting)
+                if delivery.record is not None and busy and not self._has_room_for(prompt_len):
                     await self._wait_for_capacity()
                     continue
                 backlog.popleft()
-                self._starting.add(delivery.entry_id)
+                self._starting[delivery.entry_id] = prompt_len
                 self._spawn(self._serve(delivery))
             except TRANSIENT_ERRORS as err:
                 log.warning("redis unreachable while pulling", error=str(err))
                 await asyncio.sleep(0.2)
+
+    def _has_room_for(self, prompt_len: int) -> bool:
+        """Can the engine start this prompt too, beside those pulled and still starting?
+        (A burst is pulled at once, one entry per free slot and its KV blocks.)"""
+        capacity = self.engine.admission_capacity()
+        return bool(capacity.admits([*self._starting.values(), prompt_len]))
 
     async def _wait_for_capacity(self) -> None:
         self._capacity.clear()
@@ -239,7 +248,7 @@ class ReplicaService:
         except Exception as err:
             await self._fail_unexpectedly(delivery, err)
         finally:
-            self._starting.discard(delivery.entry_id)
+            self._starting.pop(delivery.entry_id, None)
             self._inflight.pop(delivery.entry_id, None)
             self._finished_at.append(time.time())
             self._capacity.set()
@@ -367,7 +376,7 @@ class ReplicaService:
         record = delivery.record
         assert record is not None
         offset = len(emitted)
-        self._starting.discard(delivery.entry_id)
+        self._starting.pop(delivery.entry_id, None)  # the engine counts it from here on
         if offset >= record.sampling.max_tokens > 0:
             link.send(_tokens(delivery, self.config.replica_id, offset, [], [], "length", 0))
             return Outcome("done")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oss_serve.common.logging import get_logger
+from oss_serve.workers.admission import AdmissionCapacity
 from oss_serve.workers.engine_config import EngineConfig
 from oss_serve.workers.engine_core import EngineCore
 from oss_serve.workers.executor import Executor
@@ -61,6 +62,12 @@ class AsyncEngine:
         self._stopping = False
         self._error: BaseException | None = None
         self._stats: EngineStats | None = None
+        # admission: the engine thread's last capacity snapshot, minus the requests promised
+        # since (submitted, not yet in that snapshot); both change under one lock
+        self._admission_lock = threading.Lock()
+        self._capacity = AdmissionCapacity.none()
+        self._promised: dict[str, list[int]] = {}  # request id -> its sequences' token counts
+        self._added: list[str] = []  # promised requests the engine thread has taken in
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -70,6 +77,7 @@ class AsyncEngine:
         if self.core is None:
             self.core = await asyncio.to_thread(EngineCore.from_config, self.config, self._executor)
         self._stats = self.core.stats()
+        self._refresh_capacity(self.core)
         self._thread = threading.Thread(target=self._run, name="oss-serve-engine", daemon=True)
         self._thread.start()
 
@@ -114,12 +122,17 @@ class AsyncEngine:
         self._streams[request_id] = stream
         tokens = list(prompt_token_ids)
         resumed = list(resume_output_token_ids)
+        with self._admission_lock:
+            self._promised[request_id] = [len(tokens) + len(resumed)] * params.n
 
         def add(core: EngineCore) -> None:
-            core.add_request(
-                request_id, tokens, params, priority=priority, prompt=prompt,
-                resume_output_token_ids=resumed,
-            )  # fmt: skip
+            try:
+                core.add_request(
+                    request_id, tokens, params, priority=priority, prompt=prompt,
+                    resume_output_token_ids=resumed,
+                )  # fmt: skip
+            finally:
+                self._added.append(request_id)
 
         self._submit(add, request_id)
         finished = False
@@ -170,11 +183,29 @@ class AsyncEngine:
             raise EngineDeadError("the engine has not started")
         return self._stats
 
+    def admission_capacity(self) -> AdmissionCapacity:
+        """Back-pressure for the replica's queue pull: what can start now, requests already
+        submitted included (a burst is taken in at once, never beyond slots and KV blocks)."""
+        if self.core is None or not self.is_running:
+            return AdmissionCapacity.none()
+        with self._admission_lock:
+            promised = [n for counts in self._promised.values() for n in counts]
+            return self._capacity.after(promised)
+
     def can_admit(self, num_prompt_tokens: int) -> bool:
-        """Back-pressure for the replica's queue pull: is there room to start this prompt now?"""
+        """Is there room to start this prompt now, on top of everything submitted?"""
         if self.core is None or not self.is_running:
             return False
-        return self.core.can_admit(num_prompt_tokens) and self._commands.empty()
+        if num_prompt_tokens > self.core.max_model_len:
+            return True  # let it in to be rejected with a clear error
+        return self.admission_capacity().admits([num_prompt_tokens])
+
+    def _refresh_capacity(self, core: EngineCore) -> None:
+        with self._admission_lock:
+            self._capacity = core.admission_capacity()
+            for request_id in self._added:
+                self._promised.pop(request_id, None)
+            self._added.clear()
 
     # --- the engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -186,9 +217,11 @@ class AsyncEngine:
                 if core.has_unfinished_requests():
                     outputs = core.step()
                     self._stats = core.stats()  # before delivery: callers see it up to date
+                    self._refresh_capacity(core)
                     self._deliver(outputs)
                 else:
                     self._stats = core.stats()
+                    self._refresh_capacity(core)
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
         except BaseException as exc:

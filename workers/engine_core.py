@@ -16,6 +16,7 @@ from typing import Any
 
 from oss_serve.common.logging import get_logger
 from oss_serve.common.vocab import STOP_TOKEN_IDS
+from oss_serve.workers.admission import AdmissionCapacity
 from oss_serve.workers.detokenizer import Tokenizer
 from oss_serve.workers.engine_config import EngineConfig
 from oss_serve.workers.executor import Executor
@@ -271,19 +272,17 @@ class EngineCore:
             requests_finished=self.requests_finished,
         )
 
+    def admission_capacity(self) -> AdmissionCapacity:
+        """Free batch slots and KV blocks left after what running and waiting requests need."""
+        return self.kv_cache.admission_capacity(
+            self.scheduler.num_free_slots, self.scheduler.committed_blocks()
+        )
+
     def can_admit(self, num_prompt_tokens: int) -> bool:
-        """Back-pressure: room for one more prompt of this size without queueing behind others."""
+        """Back-pressure: room to start one more prompt of this size now."""
         if num_prompt_tokens > self.max_model_len:
             return True  # let it in to be rejected with a clear error
-        if self.scheduler.num_waiting > 0:
-            return False
-        if self.scheduler.num_running >= self.config.max_num_seqs:
-            return False
-        reserve = self.scheduler.num_running  # one decode block of headroom per running request
-        return (
-            self.kv_cache.num_blocks_needed(num_prompt_tokens) + reserve
-            <= self.kv_cache.num_free_blocks
-        )
+        return self.admission_capacity().admits([num_prompt_tokens])
 
     def shutdown(self) -> None:
         self.executor.shutdown()

@@ -21,13 +21,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from oss_serve.workers.admission import AdmissionCapacity, blocks_needed, cdiv
 from oss_serve.workers.block_pool import BlockPool, KVBlock, KVCacheEvent, StoredBlock
 from oss_serve.workers.kv_cache_spec import KVCacheSpec
 from oss_serve.workers.request import Request
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass
@@ -232,8 +229,17 @@ class KVCacheManager:
 
     def num_blocks_needed(self, num_tokens: int) -> int:
         """Blocks a fresh request of num_tokens needs across groups (for admission checks)."""
-        full = cdiv(num_tokens, self.block_size)
-        return sum(min(full, w + 1) if w else full for w in self._window_blocks)
+        return blocks_needed(num_tokens, self.block_size, self._window_blocks)
+
+    def admission_capacity(self, num_requests: int, committed_blocks: int) -> AdmissionCapacity:
+        """Room for `num_requests` more sequences in the free blocks not `committed_blocks`
+        (promised to requests already running or waiting)."""
+        return AdmissionCapacity(
+            num_requests=num_requests,
+            kv_blocks=self.num_free_blocks - committed_blocks,
+            block_size=self.block_size,
+            window_blocks=tuple(self._window_blocks),
+        )
 
     @property
     def num_free_blocks(self) -> int:

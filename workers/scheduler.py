@@ -67,6 +67,18 @@ class Scheduler:
     def has_unfinished_requests(self) -> bool:
         return bool(self.running or self._waiting_ids)
 
+    @property
+    def num_free_slots(self) -> int:
+        return max(0, self.config.max_num_seqs - self.num_running - self.num_waiting)
+
+    def committed_blocks(self) -> int:
+        """KV blocks the requests already here will still claim: the rest of each running
+        one's tokens plus a decode block; all of each waiting one's (no cache hit assumed)."""
+        need = self.kv_cache.num_blocks_needed
+        running = sum(need(r.num_tokens) - need(r.num_computed_tokens) + 1 for r in self.running)
+        waiting = [self.requests.get(request_id) for request_id in self._waiting_ids]
+        return running + sum(need(r.num_tokens) + 1 for r in waiting if r is not None)
+
     def add_request(self, request: Request) -> None:
         self.requests[request.request_id] = request
         self._push_waiting(request)

@@ -28,6 +28,7 @@ from oss_serve.workers.async_engine import AsyncEngine
 from oss_serve.workers.engine_config import EngineConfig
 from oss_serve.workers.sampling_params import SamplingParams
 from tests.router.servers import redis_server
+from tests.workers.engine.engine_stall import stall_engine_thread
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 __all__ = ["redis_server"]
@@ -177,6 +178,33 @@ async def test_replica_pulls_only_what_the_engine_can_admit(stack, router):
             await asyncio.sleep(0.01)
         assert [t.result() for t in tasks] == [24] * 8
     assert 1 <= most_pending <= MAX_NUM_SEQS + 1  # running + at most one being started
+    assert await stack.pending() == 0
+
+
+async def test_a_burst_is_pulled_at_once_up_to_the_free_slots_while_the_engine_is_busy(
+    stack, router
+):
+    await stack.idle()
+    release = await stall_engine_thread(stack.engine)  # as if in a long step
+    try:
+        async with grpc.aio.insecure_channel(router.address) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+
+            async def one(i: int) -> int:
+                chunks = stub.Generate(generate_request([1500 + i] * 40, 8))
+                return sum([len(chunk.token_ids) async for chunk in chunks])
+
+            tasks = [asyncio.create_task(one(i)) for i in range(MAX_NUM_SEQS + 2)]
+            deadline = time.monotonic() + 10
+            while await stack.pending() < MAX_NUM_SEQS and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # room to over-pull, if it would
+            assert await stack.pending() == MAX_NUM_SEQS  # every free slot, no more
+            release.set()
+            assert await asyncio.gather(*tasks) == [8] * (MAX_NUM_SEQS + 2)
+    finally:
+        release.set()
+    await stack.idle()
     assert await stack.pending() == 0
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from oss_serve import LLM, AsyncEngine, EngineConfig, SamplingParams
 from oss_serve.workers.sampling_params import InvalidRequestError
+from tests.workers.engine.engine_stall import stall_engine_thread
 
 pytestmark = pytest.mark.unit
 PROMPT = list(range(20, 70))
@@ -87,5 +88,44 @@ async def test_can_admit_reports_back_pressure(tiny_checkpoint):
                 break
             await asyncio.sleep(0.05)
         assert engine.can_admit(len(PROMPT))
+    finally:
+        await engine.shutdown()
+
+
+async def test_admission_capacity_counts_a_burst_before_the_engine_thread_takes_it_in(
+    tiny_checkpoint,
+):
+    config = _config(tiny_checkpoint[1])
+    config.max_num_seqs = 3
+    config.num_kv_blocks = 140  # about the smallest pool max_model_len=256 allows
+    engine = AsyncEngine(config)
+    await engine.start()
+    try:
+        start = engine.admission_capacity()
+        assert start.num_requests == 3 and start.kv_blocks > 0
+        # a prompt size of which two fit in the free KV blocks and three do not
+        size = next(n for n in range(1, 256) if 3 * start.cost_blocks(n) > start.kv_blocks)
+        assert start.admits([size, size]) and start.num_tokens >= size
+        release = await stall_engine_thread(
+            engine
+        )  # the engine thread is busy: nothing is taken in yet
+        params = SamplingParams(temperature=0, max_tokens=1)
+        burst = [asyncio.create_task(_collect(engine, f"b{i}", [7 + i] * size, params))
+                 for i in range(2)]  # fmt: skip
+        await asyncio.sleep(0.05)
+        assert engine.can_admit(1)  # a third slot is free ...
+        assert not engine.can_admit(size)  # ... but not the KV blocks for a third such prompt
+        small = asyncio.create_task(_collect(engine, "small", [5, 6], params))
+        await asyncio.sleep(0.05)
+        assert engine.admission_capacity().num_requests == 0 and not engine.can_admit(1)
+        release.set()
+        done = await asyncio.gather(*burst, small)
+        assert all(d[-1].finished for d in done)
+        assert engine.stats().num_preemptions == 0
+        for _ in range(50):
+            if engine.admission_capacity() == start:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.admission_capacity() == start
     finally:
         await engine.shutdown()
