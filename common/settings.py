@@ -93,7 +93,9 @@ class Settings(BaseSettings):
 
     # --- OpenAI HTTP API, keys, limits (issue 10) --------------------------------------------------
     http_api: bool = True  # serve the HTTP API beside gRPC in `oss-serve router`
-    require_api_key: bool = False  # require a key (from `oss-serve keys add`) even without --api-key
+    require_api_key: bool = (
+        False  # require a key (from `oss-serve keys add`) even without --api-key
+    )
     api_key_requests_per_min: int = 0  # rate limits of the --api-key key (0 = unlimited)
     api_key_tokens_per_min: int = 0
     max_request_body_bytes: int = 8 * 1024 * 1024  # larger bodies: HTTP 413

@@ -27,7 +27,9 @@ class KVGroupMetadata:
     """Where one layer group's keys and values live in the paged cache."""
 
     block_table: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32 physical block ids
-    slot_mapping: torch.Tensor  # [num_tokens] int64 = block_id * block_size + offset; -1 = don't store
+    slot_mapping: (
+        torch.Tensor
+    )  # [num_tokens] int64 = block_id * block_size + offset; -1 = don't store
 
 
 @dataclass
@@ -58,4 +60,6 @@ class AttentionMetadata:
         starts = torch.zeros(len(seq_lens) + 1, dtype=torch.int32, device=device)
         starts[1:] = torch.cumsum(lens, 0)
         longest = max(seq_lens, default=0)
-        return cls(query_start_loc=starts, seq_lens=lens, max_query_len=longest, max_seq_len=longest)
+        return cls(
+            query_start_loc=starts, seq_lens=lens, max_query_len=longest, max_seq_len=longest
+        )
