@@ -56,6 +56,11 @@ def paged_attention(
         from . import triton_attention
 
         implementation = triton_attention.paged_attention
+    elif max_query_len == 1 and query.shape[0] == seq_lens.shape[0]:
+        return paged_decode_torch(
+            query, kv_cache, block_table, seq_lens, sinks,
+            sm_scale=sm_scale, sliding_window=sliding_window,
+        )  # fmt: skip
     return implementation(
         query,
         kv_cache,
@@ -94,6 +99,66 @@ def varlen_attention(
         sm_scale=sm_scale,
         sliding_window=sliding_window,
     )
+
+
+def paged_decode_torch(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    sinks: torch.Tensor,
+    *,
+    sm_scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor:
+    """The torch (CPU) fast path for decode batches; same result as `paged_attention_ref`.
+
+    Whole blocks are gathered (one index_select per K and V), and each KV head's queries
+    (its GQA group) meet their keys in one batched matmul, so no key is copied per query head
+    the way the broadcasting reference does.
+    """
+    block_size, kv_heads = kv_cache.shape[2], kv_cache.shape[-2]
+    batch, q_heads, head_dim = query.shape
+    group = q_heads // kv_heads
+    block_ids, key_positions, first, lens = _decode_blocks(
+        block_table, seq_lens, block_size, sliding_window
+    )
+    hidden = (key_positions >= lens[:, None]) | (key_positions < first[:, None])  # [B, T]
+    compute = torch.promote_types(query.dtype, torch.float32)
+    shape = (batch, key_positions.shape[1], kv_heads, head_dim)
+    blocks = [kv_cache[i].reshape(-1, block_size, kv_heads, head_dim) for i in (0, 1)]
+    keys = blocks[0].index_select(0, block_ids.flatten()).view(shape).to(compute)
+    values = blocks[1].index_select(0, block_ids.flatten()).view(shape)
+    values = values.masked_fill_(hidden[:, :, None, None], 0).to(compute)  # NaN must not leak
+    q = query.to(compute).view(batch, kv_heads, group, head_dim)
+    sink = sinks.to(compute).view(kv_heads, group, 1)
+    out = torch.empty(batch, kv_heads, group, head_dim, dtype=compute, device=query.device)
+    for head in range(kv_heads):
+        scores = torch.bmm(q[:, head], keys[:, :, head].transpose(1, 2)) * sm_scale
+        scores = scores.masked_fill(hidden[:, None, :], float("-inf"))
+        with_sink = torch.cat((scores, sink[head].expand(batch, group, 1)), dim=-1)
+        probs = torch.softmax(with_sink, dim=-1)[..., :-1]
+        out[:, head] = torch.bmm(probs, values[:, :, head])
+    return out.view(batch, q_heads, head_dim).to(query.dtype)
+
+
+def _decode_blocks(
+    block_table: torch.Tensor, seq_lens: torch.Tensor, block_size: int, sliding_window: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each sequence's visible blocks, padded to one width: (block ids [B, nb], key positions
+    [B, nb * block_size], first visible position [B], sequence length [B])."""
+    lens = seq_lens.long()
+    first = (
+        torch.zeros_like(lens) if sliding_window is None else (lens - sliding_window).clamp(min=0)
+    )
+    first_block, last_block = first // block_size, (lens - 1).clamp(min=0) // block_size
+    num_blocks = int((last_block - first_block).max()) + 1
+    block_index = first_block[:, None] + torch.arange(num_blocks, device=lens.device)
+    table_index = block_index.clamp(max=block_table.shape[1] - 1)
+    block_ids = torch.gather(block_table.long(), 1, table_index).clamp(min=0)
+    offsets = torch.arange(block_size, device=lens.device)
+    key_positions = (block_index[:, :, None] * block_size + offsets).flatten(1)
+    return block_ids, key_positions, first, lens
 
 
 # --- torch references --------------------------------------------------------------------------
@@ -212,17 +277,10 @@ def _decode_ref(
 ) -> torch.Tensor:
     """One query per sequence: gather every sequence's visible blocks into one padded batch."""
     block_size = kv_cache.shape[2]
-    lens = seq_lens.long()
-    first = (
-        torch.zeros_like(lens) if sliding_window is None else (lens - sliding_window).clamp(min=0)
+    block_ids, key_positions, first, lens = _decode_blocks(
+        block_table, seq_lens, block_size, sliding_window
     )
-    first_block, last_block = first // block_size, (lens - 1).clamp(min=0) // block_size
-    num_blocks = int((last_block - first_block).max()) + 1
-    block_index = first_block[:, None] + torch.arange(num_blocks, device=lens.device)
-    table_index = block_index.clamp(max=block_table.shape[1] - 1)
-    block_ids = torch.gather(block_table.long(), 1, table_index).clamp(min=0)
     offsets = torch.arange(block_size, device=lens.device)
-    key_positions = (block_index[:, :, None] * block_size + offsets).flatten(1)
     slots = (block_ids[:, :, None] * block_size + offsets).flatten(1)
     keys = kv_cache[0].reshape(-1, *kv_cache.shape[-2:])[slots]
     values = kv_cache[1].reshape(-1, *kv_cache.shape[-2:])[slots]

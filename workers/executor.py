@@ -7,6 +7,7 @@ ModelRunner per rank) and returns rank 0's ModelRunnerOutput; the engine does no
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -53,6 +54,26 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return _DTYPES[dtype]
 
 
+def cpu_experts_format(
+    config: EngineConfig, device: torch.device, dtype: torch.dtype, parallel: ParallelContext
+) -> str:
+    """On CPU, "auto" decodes a checkpoint's MXFP4 experts once at load (bit-exact) when the
+    dense copy takes at most half the free memory: the torch path would otherwise decode
+    every chosen expert at every step. (Presets keep theirs: their random weights differ.)"""
+    if config.experts_format != "auto" or device.type != "cpu" or config.model is None:
+        return config.experts_format
+    if not Path(config.model).is_dir():
+        return config.experts_format
+    import psutil
+
+    from oss_serve.workers.config import load_config
+
+    model = load_config(config.model)
+    expert_params = 3 * model.hidden_size * model.intermediate_size * model.num_local_experts
+    dense_bytes = model.num_hidden_layers * expert_params * dtype.itemsize // parallel.ep_size
+    return "dense" if dense_bytes <= psutil.virtual_memory().available // 2 else "auto"
+
+
 class LocalExecutor:
     """The model and its runner in this process: the whole model, or one rank's shard of it
     when `parallel` says which (the cluster's worker actors run one LocalExecutor each)."""
@@ -78,11 +99,12 @@ class LocalExecutor:
 
             if config.model is None:
                 raise ValueError("EngineConfig.model is required (a checkpoint folder or preset)")
+            experts_format = cpu_experts_format(config, self.device, self.dtype, parallel)
             model = load_model(
                 config.model,
                 device=self.device,
                 dtype=self.dtype,
-                experts_format=config.experts_format,  # type: ignore[arg-type]
+                experts_format=experts_format,  # type: ignore[arg-type]
                 seed=config.seed,
                 parallel=parallel,
             )

@@ -303,7 +303,13 @@ class GptOss(nn.Module):
             x = layer(x, cos, sin, meta, None if kv_caches is None else kv_caches[i])
         return self.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits [M, vocab_size] over the full vocabulary (gathered across TP ranks)."""
-        logits = F.linear(hidden, self.lm_head.weight).float()
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits [M, vocab_size] over the full vocabulary (gathered across TP ranks).
+
+        `out`: an fp32 [M, vocab_size] buffer to write into (used by a single rank with fp32
+        weights; on CPU a fresh M x 201088 result costs more to allocate than to fill)."""
+        weight = self.lm_head.weight
+        if out is not None and self.parallel.tp_size == 1 and weight.dtype == torch.float32:
+            return torch.mm(hidden, weight[: self.config.vocab_size].t(), out=out)
+        logits = F.linear(hidden, weight).float()
         return self.parallel.all_gather(logits, dim=-1)[:, : self.config.vocab_size]

@@ -46,6 +46,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.kv_caches: list[torch.Tensor] = []
         self.timings = RunnerTimings()
+        self._logits_buffer: torch.Tensor | None = None  # CPU: reused [rows, vocab] fp32
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One tensor per layer rank-in-group; layer j of each group shares tensor j."""
@@ -84,7 +85,7 @@ class ModelRunner:
         if not inputs.sample_rows:
             return
         rows = torch.tensor(inputs.sample_rows, device=hidden.device)
-        logits = self.model.compute_logits(hidden[rows]).float().cpu()
+        logits = self._sampling_logits(hidden[rows])
         states = [self.states[r] for r in inputs.sample_request_ids]
         result = self.sampler(logits, [_sampling_row(s) for s in states])
         batch_index = {r: i for i, r in enumerate(inputs.request_ids)}
@@ -97,6 +98,17 @@ class ModelRunner:
             row = batch_index[state.request_id]
             output.sampled_token_ids[row] = [token_id]
             output.logprobs[row] = logprobs
+
+    def _sampling_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits on the CPU; there, written into a buffer kept across steps (the
+        sampler edits them in place and keeps no reference)."""
+        if self.device.type != "cpu":
+            return self.model.compute_logits(hidden).float().cpu()
+        rows, vocab = hidden.shape[0], int(self.model.config.vocab_size)
+        if self._logits_buffer is None or self._logits_buffer.shape[0] < rows:
+            self._logits_buffer = torch.empty(rows, vocab, dtype=torch.float32)
+        logits = self.model.compute_logits(hidden, out=self._logits_buffer[:rows])
+        return logits.float()
 
     def _prompt_logprobs(
         self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.kernels.moe import moe_experts, route
+from oss_serve.kernels.moe import moe_experts, moe_experts_grouped, moe_experts_ref, route
 from oss_serve.kernels.mxfp4 import dequantize_mxfp4, quantize_mxfp4
 
 pytestmark = pytest.mark.unit
@@ -75,3 +75,22 @@ def test_expert_parallel_halves_sum_to_the_whole():
     ]
     torch.testing.assert_close(halves[0] + halves[1], whole, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(halves[0], whole)  # each half really holds only its share
+
+
+def test_the_grouped_torch_path_equals_the_reference():
+    w1, b1, w2, b2 = _experts(num_experts=8)
+    x = torch.randn(40, 32)
+    weights, ids = route(torch.randn(40, 8), 4)
+    ids[:5] = torch.tensor([7, 6, 5, 4])  # some tokens pick experts in decreasing order
+    common = {"swiglu_alpha": ALPHA, "swiglu_limit": LIMIT}
+    (w1_blocks, w1_scales), (w2_blocks, w2_scales) = quantize_mxfp4(w1), quantize_mxfp4(w2)
+    for expert_slice in (slice(0, 8), slice(2, 5)):  # all experts, and an EP rank's share
+        s = expert_slice
+        for up, up_scales, down, down_scales in (
+            (w1[s], None, w2[s], None),
+            (w1_blocks[s], w1_scales[s], w2_blocks[s], w2_scales[s]),
+        ):
+            args = (x, weights, ids, up, up_scales, b1[s], down, down_scales, b2[s])
+            expected = moe_experts_ref(*args, expert_start=s.start, **common)
+            grouped = moe_experts_grouped(*args, expert_start=s.start, **common)
+            torch.testing.assert_close(grouped, expected, atol=1e-6, rtol=1e-6)

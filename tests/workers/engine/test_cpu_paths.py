@@ -1,0 +1,50 @@
+"""The engine's CPU shortcuts change nothing: logits written into a reused buffer, and an
+MXFP4 checkpoint decoded to dense experts once at load give the very same numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oss_serve.workers.attention_metadata import AttentionMetadata
+from oss_serve.workers.checkpoint import save_checkpoint
+from oss_serve.workers.config import PRESETS
+from oss_serve.workers.engine_config import EngineConfig
+from oss_serve.workers.executor import LocalExecutor
+from oss_serve.workers.model import GptOss
+from oss_serve.workers.weights import init_random_weights
+
+pytestmark = pytest.mark.unit
+SMALL = PRESETS["gpt-oss-tiny"].with_(
+    vocab_size=1000, num_hidden_layers=2, pad_token_id=0, eos_token_id=1, bos_token_id=2
+)
+
+
+@torch.inference_mode()
+def test_logits_into_a_reused_buffer_equal_fresh_ones():
+    model = init_random_weights(GptOss(SMALL, dtype=torch.float32), seed=3, std=0.2).eval()
+    buffer = torch.full((70, SMALL.vocab_size), float("nan"))
+    for rows in (1, 16, 64, 3):
+        hidden = torch.randn(rows, SMALL.hidden_size)
+        fresh = model.compute_logits(hidden)
+        written = model.compute_logits(hidden, out=buffer[:rows])
+        assert written.data_ptr() == buffer.data_ptr()
+        assert torch.equal(written, fresh)
+
+
+@torch.inference_mode()
+def test_an_mxfp4_checkpoint_runs_with_dense_experts_on_cpu_and_the_same_logits(tmp_path):
+    packed = init_random_weights(GptOss(SMALL, experts_format="mxfp4", dtype=torch.float32), 5)
+    save_checkpoint(packed, SMALL, tmp_path, "hf-mxfp4")
+    ids = torch.randint(0, SMALL.vocab_size, (1, 30))
+    logits = {}
+    for experts_format in ("auto", "mxfp4"):
+        config = EngineConfig(
+            model=str(tmp_path), dtype="float32", device="cpu", experts_format=experts_format
+        )
+        model = LocalExecutor(config).model
+        logits[experts_format] = model.compute_logits(
+            model(ids[0], torch.arange(30), AttentionMetadata.for_full_sequences([30]))
+        )
+        assert model.experts_format == ("dense" if experts_format == "auto" else "mxfp4")
+    assert torch.equal(logits["auto"], logits["mxfp4"])
