@@ -24,7 +24,7 @@ from typing import Any
 
 from oss_serve import __version__
 from oss_serve.common.logging import get_logger
-from oss_serve.workers.config import ModelConfig, alternating_layer_types
+from oss_serve.workers.config import PRESETS, ModelConfig
 from oss_serve.workers.data import demo_corpus
 
 log = get_logger(__name__)
@@ -35,14 +35,12 @@ DEMO_SUBDIR = "demo-model"
 MARKER_FILE = "demo-model.json"
 CORPUS_FILE = "corpus.jsonl"
 
-DEMO_CONFIG = ModelConfig(
-    hidden_size=64,
+# gpt-oss-tiny, smaller still: 2 layers (one sliding, one full), 4 experts top-2, 1 KV head;
+# a window and context longer than the corpus's prompts, so no YaRN scaling is needed.
+DEMO_CONFIG = PRESETS["gpt-oss-tiny"].with_(
     intermediate_size=128,
     num_hidden_layers=2,
-    layer_types=alternating_layer_types(2),
-    num_attention_heads=4,
     num_key_value_heads=1,
-    head_dim=16,
     num_local_experts=4,
     num_experts_per_tok=2,
     sliding_window=128,
@@ -131,6 +129,7 @@ def ensure_demo_model(
             if folder.exists():  # a half-written folder from an older, killed run
                 shutil.rmtree(folder)
             os.replace(scratch, folder)
+            log.info("demo model ready", folder=str(folder))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return folder
@@ -167,4 +166,3 @@ def _train_into(out_dir: Path, recipe: DemoRecipe, show_progress: bool | None) -
         "final_eval_loss": result.final_eval_loss,
     }
     (out_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2))
-    log.info("demo model trained", seconds=round(result.total_seconds), folder=str(out_dir))

@@ -8,12 +8,13 @@ finished turns dropped, the current date, tools, response formats), followed by 
 completion as the model writes it: the final message ends with `<|return|>` instead of the
 `<|end|>` it gets in history, and a tool call names its recipient after the channel
 (`<|channel|>commentary to=functions.NAME <|constrain|>json`), as gpt-oss does. Only the
-completion's tokens are marked for the loss.
+completion's tokens are marked for the loss. As in OpenAI's fine-tuning format, an assistant
+message with `"weight": 0` is history only: the completion it starts is not trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +25,9 @@ from oss_serve.router.harmony.conversation import (
     Conversation,
     HarmonyMessage,
 )
+from oss_serve.router.harmony.errors import HarmonyRequestError
 from oss_serve.router.harmony.render import render_conversation, render_messages
+from oss_serve.router.harmony.request_fields import as_list, as_mapping
 
 
 @dataclass(frozen=True)
@@ -49,26 +52,36 @@ def render_chat_for_training(
     builtin_tools: Collection[str] = (),
     model_identity: str = DEFAULT_MODEL_IDENTITY,
 ) -> list[TrainingSequence]:
-    """One TrainingSequence per assistant completion of a Chat Completions-shaped body.
+    """One TrainingSequence per trained assistant completion of a Chat Completions-shaped body.
 
     The body is a request whose messages include the assistant's answers (`reasoning`,
-    `content`, `tool_calls`). Raises HarmonyRequestError naming a bad field, and ValueError
-    when the conversation has no assistant message to learn from.
+    `content`, `tool_calls`, optional `weight` 0/1). Raises HarmonyRequestError naming a bad
+    field, and ValueError when the conversation has nothing to learn from.
     """
-    conversation = conversation_from_chat(
-        body, date=date, builtin_tools=builtin_tools, model_identity=model_identity
-    )
-    sequences = render_conversation_for_training(conversation)
+
+    def convert(chat_body: Any) -> Conversation:
+        return conversation_from_chat(
+            chat_body, date=date, builtin_tools=builtin_tools, model_identity=model_identity
+        )
+
+    conversation = convert(body)
+    history_only = _history_only_starts(body, convert)
+    sequences = render_conversation_for_training(conversation, history_only=history_only)
     if not sequences:
         raise ValueError("messages: the conversation has no assistant message to train on")
     return sequences
 
 
-def render_conversation_for_training(conversation: Conversation) -> list[TrainingSequence]:
-    """The TrainingSequences of every completion in `conversation` (see module docstring)."""
+def render_conversation_for_training(
+    conversation: Conversation, *, history_only: Collection[int] = ()
+) -> list[TrainingSequence]:
+    """The TrainingSequences of the completions in `conversation` (see module docstring),
+    except those starting at a message index in `history_only`."""
     sequences = []
     messages = conversation.messages
     for start, stop in completion_spans(messages):
+        if start in history_only:
+            continue
         prompt = render_conversation(replace(conversation, messages=messages[:start]))
         completion = render_completion(messages[start:stop])
         sequences.append(
@@ -78,6 +91,27 @@ def render_conversation_for_training(conversation: Conversation) -> list[Trainin
             )
         )
     return sequences
+
+
+def _history_only_starts(body: Any, convert: Callable[[Any], Conversation]) -> set[int]:
+    """Indices (in the harmony messages) of the messages made from `weight: 0` assistant
+    messages: each chat message's first harmony index is counted off its prefix."""
+    chat_messages = as_list(as_mapping(body, "body").get("messages"), "messages")
+    zero_weight = []
+    for index, raw in enumerate(chat_messages):
+        weight = as_mapping(raw, f"messages[{index}]").get("weight", 1)
+        if weight not in (0, 1) or isinstance(weight, bool):
+            raise HarmonyRequestError(f"messages[{index}].weight", "must be 0 or 1")
+        if weight == 0:
+            zero_weight.append(index)
+    starts = set()
+    for index in zero_weight:
+        if index == 0:
+            starts.add(0)
+            continue
+        prefix = {**body, "messages": chat_messages[:index]}
+        starts.add(len(convert(prefix).messages))
+    return starts
 
 
 def completion_spans(messages: Sequence[HarmonyMessage]) -> list[tuple[int, int]]:

@@ -45,7 +45,9 @@ TODAY = datetime.date.today().isoformat()
 DATES = (TODAY, "2025-08-05", "2031-02-17")  # the router renders today's date
 CALL_HEADER = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
 TINY_RECIPE = DemoRecipe(
-    config=PRESETS["gpt-oss-tiny"].with_(num_hidden_layers=1, num_local_experts=2),
+    config=PRESETS["gpt-oss-tiny"].with_(
+        num_hidden_layers=1, num_local_experts=2, num_experts_per_tok=1
+    ),
     corpus_size=12,
     steps=3,
     max_batch_tokens=1000,

@@ -16,11 +16,13 @@ from oss_serve.workers.data.demo_corpus import generate_corpus, write_jsonl
 from oss_serve.workers.finetune import FinetuneConfig, finetune
 from oss_serve.workers.finetune.run import RESULT_FILE
 from oss_serve.workers.weights import load_model
+from tests.workers.finetune_helpers import one_torch_thread  # noqa: F401 (autouse)
 from tests.workers.gpt_oss_helpers import full_sequence_logprobs
 
 pytestmark = pytest.mark.unit
 
-STEPS = 10
+
+STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,13 @@ def conversations_file(tmp_path_factory) -> Path:
     return path
 
 
+def _quick_config(model, data: Path, out: Path, **overrides) -> FinetuneConfig:
+    """A few small steps: enough to move the held-out loss, cheap on one CPU thread."""
+    settings = {"epochs": 4, "max_steps": STEPS, "lr": 3e-3, "max_batch_tokens": 500}
+    settings |= {"eval_fraction": 0.25, "threads": 1, "show_progress": False}
+    return FinetuneConfig(model=model, data=data, out_dir=out, **{**settings, **overrides})
+
+
 def _held_out_probe(conversations_file: Path) -> list[torch.Tensor]:
     """A few token sequences from the data, to compare logits on."""
     from oss_serve.workers.finetune.data import load_conversations, render_conversations
@@ -54,8 +63,8 @@ def test_cli_finetune_lowers_held_out_loss_and_transformers_reads_the_same_logit
 
     out = tmp_path / "tuned"
     args = ["finetune", "--model", str(base_checkpoint), "--data", str(conversations_file)]
-    args += ["--out", str(out), "--max-steps", str(STEPS), "--lr", "3e-3"]
-    args += ["--max-batch-tokens", "1200", "--eval-fraction", "0.25", "--threads", "2"]
+    args += ["--out", str(out), "--epochs", "4", "--max-steps", str(STEPS), "--lr", "3e-3"]
+    args += ["--max-batch-tokens", "500", "--eval-fraction", "0.25", "--threads", "1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out loss" in result.output
@@ -78,18 +87,8 @@ def test_lora_trains_only_attention_and_experts_and_saves_merged_weights(
     base_checkpoint, conversations_file, tmp_path
 ):
     result = finetune(
-        FinetuneConfig(
-            model=base_checkpoint,
-            data=conversations_file,
-            out_dir=tmp_path / "lora",
-            max_steps=STEPS,
-            lr=1e-2,
-            lora=True,
-            lora_rank=4,
-            max_batch_tokens=1200,
-            eval_fraction=0.25,
-            threads=2,
-            show_progress=False,
+        _quick_config(
+            base_checkpoint, conversations_file, tmp_path / "lora", lr=1e-2, lora=True, lora_rank=4
         )
     )
     assert result.final_eval_loss < result.initial_eval_loss
@@ -110,17 +109,13 @@ def test_training_from_a_preset_on_the_corpus_vocabulary_writes_a_full_vocabular
     conversations_file, tmp_path
 ):
     result = finetune(
-        FinetuneConfig(
-            model="gpt-oss-tiny",
-            data=conversations_file,
-            out_dir=tmp_path / "scratch",
-            max_steps=STEPS,
-            lr=3e-3,
+        _quick_config(
+            "gpt-oss-tiny",
+            conversations_file,
+            tmp_path / "scratch",
             corpus_vocab=True,
             unknown_token_rate=0.05,
             max_batch_tokens=2000,
-            eval_fraction=0.25,
-            show_progress=False,
         )
     )
     assert result.final_eval_loss < result.initial_eval_loss - 1.0

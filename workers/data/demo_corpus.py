@@ -342,7 +342,7 @@ def _greeting(rng: random.Random) -> Conversation:
 def _arithmetic_problem(rng: random.Random) -> tuple[str, str, int]:
     """(question, expression, result) with small operands."""
     op = rng.choice(tuple(_OPS))
-    limit = 12 if op == "*" else 30
+    limit = 12
     a, b = rng.randint(0, limit), rng.randint(0, limit)
     expression = f"{a} {op} {b}"
     template = rng.choice(_ARITHMETIC_QUESTIONS)
@@ -425,11 +425,15 @@ def _weather_call(rng: random.Random) -> Conversation:
 
 
 def _tool_call_message(rng: random.Random, city: str, call: dict[str, Any]) -> dict[str, Any]:
-    """The assistant's call; clients often send it back without its reasoning, so some
-    histories lack it (greedy decoding still starts with the majority: the reasoning)."""
+    """The assistant's call. Clients often send it back without its reasoning: such a history
+    is trained on too, but as history only (weight 0: the model should still reason first)."""
     message: dict[str, Any] = {"role": "assistant", "tool_calls": [call]}
     if rng.random() < 0.7:
-        message["reasoning"] = f"The user asks about the weather in {city}. I should call get_weather."
+        message["reasoning"] = (
+            f"The user asks about the weather in {city}. I should call get_weather."
+        )
+    else:
+        message["weight"] = 0
     return message
 
 

@@ -29,10 +29,14 @@ class LoRADelta(nn.Module):
         super().__init__()
         *batch, out_features, in_features = weight.shape
         self.scale = alpha / rank
-        kwargs = {"dtype": weight.dtype, "device": weight.device}
+        dtype, device = weight.dtype, weight.device
         # A random, B zero: the adapted model starts equal to the base model
-        self.lora_a = nn.Parameter(torch.empty(*batch, rank, in_features, **kwargs))  # type: ignore[arg-type]
-        self.lora_b = nn.Parameter(torch.zeros(*batch, out_features, rank, **kwargs))  # type: ignore[arg-type]
+        self.lora_a = nn.Parameter(
+            torch.empty((*batch, rank, in_features), dtype=dtype, device=device)
+        )
+        self.lora_b = nn.Parameter(
+            torch.zeros((*batch, out_features, rank), dtype=dtype, device=device)
+        )
         nn.init.kaiming_uniform_(self.lora_a.view(-1, in_features), a=math.sqrt(5))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -78,7 +82,9 @@ def merge_lora(model: GptOss) -> None:
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
             continue
-        for name in list(module.parametrizations.keys()):  # type: ignore[operator]
+        parametrizations = module.parametrizations
+        assert isinstance(parametrizations, nn.ModuleDict)
+        for name in list(parametrizations.keys()):
             parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     for param in model.parameters():
         param.requires_grad_(True)

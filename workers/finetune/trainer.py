@@ -123,12 +123,12 @@ def gradient_checkpointing(model: GptOss, enabled: bool) -> Iterator[None]:
         def checkpointed(*args: object, _forward: Callable[..., torch.Tensor] = forward) -> object:
             return checkpoint(_forward, *args, use_reentrant=False)
 
-        layer.forward = checkpointed  # type: ignore[method-assign]
+        layer.forward = checkpointed
     try:
         yield
     finally:
         for layer, forward in originals:
-            layer.forward = forward  # type: ignore[method-assign]
+            layer.forward = forward
 
 
 def train(
@@ -155,7 +155,7 @@ def train(
                 group["lr"] = lr_at(step, optim)
             loss = batch_loss_sum(model, batch, vocab) / max(1, batch.num_targets)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
             optimizer.step()
             record.tokens_seen += batch.num_tokens

@@ -48,7 +48,12 @@ def _weather_conversation() -> dict:
 
 
 def _assistant_indices(body: dict) -> list[int]:
-    return [i for i, m in enumerate(body["messages"]) if m["role"] == "assistant"]
+    """Chat indices of the trained assistant messages (weight 0 = history only)."""
+    return [
+        i
+        for i, m in enumerate(body["messages"])
+        if m["role"] == "assistant" and m.get("weight", 1) == 1
+    ]
 
 
 def test_each_completion_prompt_is_exactly_what_the_router_renders_for_that_turn():
@@ -140,3 +145,23 @@ def test_bad_fields_are_named():
     with pytest.raises(HarmonyRequestError) as err:
         render_chat_for_training(body, date=DATE)
     assert err.value.field == "messages[1].role"
+
+
+def test_a_zero_weight_assistant_message_is_history_but_not_trained():
+    body = _weather_conversation()
+    body["messages"][2] = {**body["messages"][2], "weight": 0}
+    sequences = render_chat_for_training(body, date=DATE)
+    assert len(sequences) == 2  # the call's completion is not trained on
+    for sequence, index in zip(sequences, _assistant_indices(body), strict=True):
+        truncated = {**body, "messages": body["messages"][:index]}
+        assert list(sequence.token_ids[: sequence.prompt_len]) == render_chat_request(
+            truncated, date=DATE
+        )
+
+
+def test_weights_other_than_zero_or_one_are_refused():
+    body = _weather_conversation()
+    body["messages"][4] = {**body["messages"][4], "weight": 0.5}
+    with pytest.raises(HarmonyRequestError) as err:
+        render_chat_for_training(body, date=DATE)
+    assert err.value.field == "messages[4].weight"
