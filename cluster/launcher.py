@@ -196,8 +196,15 @@ class Launcher:
         """Start, serve until a signal, stop; 0 after a clean stop, 130 if stopped while starting."""
         try:
             self._start_redis()
-            self._start_ray()
-            self._handle_signals()
+            # A Ctrl-C inside ray.init is lost (Ray swaps signal handlers while it starts):
+            # hold SIGINT until our handler is in place, then take it (Ray's children block
+            # SIGINT anyway). SIGTERM inside ray.init exits through Ray's handler and `finally`.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                self._start_ray()
+                self._handle_signals()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             startup = asyncio.create_task(self._start_services())
             stop_waiter = asyncio.create_task(self._stop.wait())
             await asyncio.wait({startup, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -224,7 +231,7 @@ class Launcher:
 
     def _on_signal(self) -> None:
         if not self._stop.is_set():
-            self.console.note("stopping (Ctrl-C again is not needed; each step has a time limit)")
+            self.console.note("stopping everything (each step has a time limit)")
         self._stop.set()
 
     async def _start_services(self) -> None:

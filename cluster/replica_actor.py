@@ -85,5 +85,12 @@ def spawn_replica_actor(*, name: str, num_cpus: float, omp_threads: int) -> Any:
         num_cpus=num_cpus,
         max_restarts=0,
         max_concurrency=16,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(omp_threads)}},
+        runtime_env={
+            "env_vars": {
+                "OMP_NUM_THREADS": str(omp_threads),
+                # a TP/EP replica's executor waits on its ranks with ray.get in worker threads
+                # (asyncio.to_thread), which is fine; Ray warns about any blocking get here
+                "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0",
+            }
+        },
     ).remote()

@@ -59,6 +59,8 @@ def up(
         code = asyncio.run(Launcher(plan, console).run())
     except LaunchError as err:
         fail(str(err), code=1)
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
+        code = 130
     raise typer.Exit(code)
 
 
