@@ -258,3 +258,58 @@ def test_two_processes_asking_at_once_train_only_once(tmp_path):
     folder = Path(paths.pop())
     assert (folder / MARKER_FILE).is_file()
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name, folder.name + ".lock"]
+
+
+def test_with_the_routers_grammar_any_schema_gets_valid_json_and_calls_follow_the_tool(
+    demo_llm,
+):
+    """What the HTTP API does: the router's structured-output spec, enforced by the replica's
+    grammar, on schemas the corpus never had (the model alone may stray there)."""
+    import jsonschema
+
+    from oss_serve.router.structured_output import chat_structured_output
+    from oss_serve.workers.structured_output import make_processor
+
+    city_schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "temperature": {"type": "number"}},
+        "required": ["city", "temperature"],
+    }
+    unit_tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "location": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["c", "f"]},
+                },
+                "required": ["location", "unit"],
+            },
+        },
+    }
+    bodies = [
+        {
+            "messages": [_user("Give me a city and its temperature.")],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "weather", "schema": city_schema},
+            },
+        },
+        {"messages": [_user("What's the weather in Boston?")], "tools": [unit_tool]},
+    ]
+    outputs = []
+    for body in bodies:
+        processor = make_processor(chat_structured_output(body).SerializeToString())
+        params = SamplingParams(temperature=0, max_tokens=150, logits_processors=[processor])
+        prompt = {"prompt_token_ids": render_chat_request(body, date=TODAY)}
+        tokens = list(demo_llm.generate(prompt, params)[0].outputs[0].token_ids)
+        outputs.append(parse_completion(tokens, function_names=("get_weather",)))
+    answer, call = outputs
+    assert answer.reasoning and answer.finish_reason == "stop"
+    jsonschema.validate(json.loads(answer.content), city_schema)
+    assert call.reasoning and [c.name for c in call.tool_calls] == ["get_weather"]
+    arguments = json.loads(call.tool_calls[0].arguments)
+    jsonschema.validate(arguments, unit_tool["function"]["parameters"])
+    assert arguments["location"] == "Boston"

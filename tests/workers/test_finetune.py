@@ -65,6 +65,7 @@ def test_cli_finetune_lowers_held_out_loss_and_transformers_reads_the_same_logit
     args = ["finetune", "--model", str(base_checkpoint), "--data", str(conversations_file)]
     args += ["--out", str(out), "--epochs", "4", "--max-steps", str(STEPS), "--lr", "3e-3"]
     args += ["--max-batch-tokens", "500", "--eval-fraction", "0.25", "--threads", "1"]
+    args += ["--gradient-checkpointing"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "held-out loss" in result.output

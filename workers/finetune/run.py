@@ -172,7 +172,8 @@ def finetune(
         tokens_seen=record.tokens_seen,
         log=record,
     )
-    (Path(config.out_dir) / RESULT_FILE).write_text(json.dumps(result.to_dict(), indent=2))
+    record_fields = {k: v for k, v in result.to_dict().items() if k != "out_dir"}
+    (Path(config.out_dir) / RESULT_FILE).write_text(json.dumps(record_fields, indent=2))
     log.info("finetune done", eval_loss=round(final_eval, 4), seconds=round(result.total_seconds))
     return result
 
