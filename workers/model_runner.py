@@ -24,6 +24,7 @@ from oss_serve.workers.scheduler_output import (
     SchedulerOutput,
     TokenLogprobs,
 )
+from oss_serve.workers.workspace import Workspace
 
 PROMPT_LOGPROB_ROWS_PER_CHUNK = 256  # bounds the [rows, vocab] logits held at once
 
@@ -43,10 +44,10 @@ class ModelRunner:
         self.spec = spec
         self.device = torch.device(device)
         self.states = RequestStates()
-        self.sampler = Sampler()
+        self.workspace = Workspace()  # CPU: big per-step tensors reused across steps
+        self.sampler = Sampler(self.workspace)
         self.kv_caches: list[torch.Tensor] = []
         self.timings = RunnerTimings()
-        self._logits_buffer: torch.Tensor | None = None  # CPU: reused [rows, vocab] fp32
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One tensor per layer rank-in-group; layer j of each group shares tensor j."""
@@ -104,11 +105,9 @@ class ModelRunner:
         sampler edits them in place and keeps no reference)."""
         if self.device.type != "cpu":
             return self.model.compute_logits(hidden).float().cpu()
-        rows, vocab = hidden.shape[0], int(self.model.config.vocab_size)
-        if self._logits_buffer is None or self._logits_buffer.shape[0] < rows:
-            self._logits_buffer = torch.empty(rows, vocab, dtype=torch.float32)
-        logits = self.model.compute_logits(hidden, out=self._logits_buffer[:rows])
-        return logits.float()
+        vocab = int(self.model.config.vocab_size)
+        buffer = self.workspace.take("logits", hidden.shape[0], vocab, torch.float32, self.device)
+        return self.model.compute_logits(hidden, out=buffer).float()
 
     def _prompt_logprobs(
         self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from oss_serve.kernels.sampling import top_k_top_p
+from oss_serve.kernels.sampling import sum_fp64, top_k_top_p
 from oss_serve.workers.logits_processors import RequestLogitsProcessor, apply_processors
 from oss_serve.workers.sampling_params import SamplingParams
 from oss_serve.workers.scheduler_output import TokenLogprobs
+from oss_serve.workers.workspace import Workspace
 
 _MASK64 = (1 << 64) - 1
 
@@ -72,10 +73,13 @@ class SamplerOutput:
 
 
 class Sampler:
+    def __init__(self, workspace: Workspace | None = None) -> None:
+        self.workspace = workspace or Workspace()
+
     def __call__(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> SamplerOutput:
         """logits: [len(rows), vocab] fp32, modified in place."""
         want_logprobs = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-        raw_logprobs = torch.log_softmax(logits[want_logprobs], dim=-1) if want_logprobs else None
+        raw_logprobs = self._raw_logprobs(logits, want_logprobs) if want_logprobs else None
         self._process(logits, rows)
         token_ids = self._sample(logits, rows)
         logprobs: list[TokenLogprobs | None] = [None] * len(rows)
@@ -86,6 +90,19 @@ class Sampler:
             for i, entry in zip(want_logprobs, entries, strict=True):
                 logprobs[i] = _trim(entry, rows[i].params.logprobs or 0)
         return SamplerOutput(token_ids=token_ids, logprobs=logprobs)
+
+    def _rows(self, logits: torch.Tensor, indices: list[int], name: str) -> torch.Tensor:
+        """logits[indices]: the tensor itself when that is every row, else a workspace copy."""
+        if len(indices) == logits.shape[0]:  # increasing and unique: every row, in order
+            return logits
+        out = self.workspace.take(name, len(indices), logits.shape[1], logits.dtype, logits.device)
+        index = torch.tensor(indices, device=logits.device)
+        return torch.index_select(logits, 0, index, out=out)
+
+    def _raw_logprobs(self, logits: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        rows = self._rows(logits, indices, "logprob_rows")
+        out = self.workspace.like("logprobs", rows)
+        return torch.ops.aten._log_softmax.out(rows, -1, False, out=out)  # = torch.log_softmax
 
     # --- logits processing --------------------------------------------------------------------
     def _process(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
@@ -105,9 +122,8 @@ class Sampler:
                 ids = [t for t in row.params.logit_bias if 0 <= t < vocab]
                 bias = [row.params.logit_bias[t] for t in ids]
                 logits[i, ids] += torch.tensor(bias, dtype=logits.dtype)
-        penalised = [i for i, r in enumerate(rows) if r.needs_penalties]
-        if penalised:
-            logits[penalised] = apply_penalties(logits[penalised], [rows[i] for i in penalised])
+            if row.needs_penalties:
+                apply_penalties(logits[i], row)
 
     # --- token choice -------------------------------------------------------------------------
     def _sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[int]:
@@ -115,45 +131,50 @@ class Sampler:
         random_rows = [i for i, r in enumerate(rows) if not r.params.is_greedy]
         if random_rows:
             sub = [rows[i] for i in random_rows]
-            probs = filtered_probs(logits[random_rows], [r.params for r in sub])
+            scaled = self._rows(logits, random_rows, "random_rows")  # argmax taken: reuse
+            probs = filtered_probs(scaled, [r.params for r in sub], self.workspace)
             uniforms = [uniform_for(r.seed, r.num_output_tokens) for r in sub]
             chosen[random_rows] = inverse_cdf_sample(probs, uniforms)
         return [int(t) for t in chosen.tolist()]
 
 
-def apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-    """Repetition (prompt + output tokens), frequency and presence (output tokens) penalties."""
+def apply_penalties(logits: torch.Tensor, row: SamplingRow) -> None:
+    """In place on one row's logits [vocab]: repetition (prompt + output tokens), frequency
+    and presence (output tokens), vLLM's definitions. Only the tokens that occur change."""
     vocab = logits.shape[-1]
-    counts = _token_counts([r.output_token_ids for r in rows], vocab)
-    in_prompt = _token_counts([r.prompt_token_ids for r in rows], vocab) > 0
-    repetition = torch.tensor([r.params.repetition_penalty for r in rows]).unsqueeze(1)
-    frequency = torch.tensor([r.params.frequency_penalty for r in rows]).unsqueeze(1)
-    presence = torch.tensor([r.params.presence_penalty for r in rows]).unsqueeze(1)
-    seen = in_prompt | (counts > 0)
-    penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
-    logits = torch.where(seen, penalised, logits)
-    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)
+    seen = torch.tensor([*row.prompt_token_ids, *row.output_token_ids], dtype=torch.long)
+    seen = torch.unique(seen[(seen >= 0) & (seen < vocab)])
+    counts = torch.zeros(seen.shape[0], dtype=logits.dtype)
+    output = torch.tensor(list(row.output_token_ids), dtype=torch.long)
+    output = output[(output >= 0) & (output < vocab)]
+    if output.numel():
+        output_ids, output_counts = torch.unique(output, return_counts=True)
+        counts[torch.searchsorted(seen, output_ids)] = output_counts.to(counts.dtype)
+    params = row.params
+    repetition = torch.tensor(params.repetition_penalty, dtype=logits.dtype)
+    frequency = torch.tensor(params.frequency_penalty, dtype=logits.dtype)
+    presence = torch.tensor(params.presence_penalty, dtype=logits.dtype)
+    values = logits[seen]
+    values = torch.where(values > 0, values / repetition, values * repetition)
+    logits[seen] = values - frequency * counts - presence * (counts > 0).to(logits.dtype)
 
 
-def _token_counts(token_lists: Sequence[Sequence[int]], vocab: int) -> torch.Tensor:
-    longest = max((len(t) for t in token_lists), default=0)
-    ids = torch.full((len(token_lists), longest), vocab, dtype=torch.long)
-    for row, tokens in enumerate(token_lists):
-        if tokens:
-            ids[row, : len(tokens)] = torch.tensor(list(tokens), dtype=torch.long)
-    counts = torch.zeros(len(token_lists), vocab + 1)
-    counts.scatter_add_(1, ids.clamp_max(vocab), torch.ones_like(ids, dtype=counts.dtype))
-    return counts[:, :vocab]
-
-
-def filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
-    """Temperature, then min_p, top_k, top_p (each renormalising), as probabilities."""
+def filtered_probs(
+    logits: torch.Tensor, params: Sequence[SamplingParams], workspace: Workspace | None = None
+) -> torch.Tensor:
+    """Temperature, then min_p, top_k, top_p (each renormalising), as probabilities.
+    `logits` are divided by the temperature in place."""
     temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype).unsqueeze(1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    logits.div_(temperature)
+    if workspace is None:
+        probs = torch.softmax(logits, dim=-1)
+    else:
+        out = workspace.like("probs", logits)
+        probs = torch.ops.aten._softmax.out(logits, -1, False, out=out)  # = torch.softmax
     min_p = torch.tensor([p.min_p for p in params], dtype=probs.dtype).unsqueeze(1)
     if bool((min_p > 0).any()):
         threshold = min_p * probs.amax(dim=-1, keepdim=True)
-        probs = torch.where(probs < threshold, torch.zeros_like(probs), probs)
+        probs.masked_fill_(probs < threshold, 0.0)
     top_k = [p.top_k if p.top_k > 0 else probs.shape[-1] for p in params]
     top_p = [p.top_p for p in params]
     if min(top_k) < probs.shape[-1] or min(top_p) < 1.0:
@@ -161,12 +182,33 @@ def filtered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> to
     return probs
 
 
+CDF_CHUNK = 1024  # tokens per chunk of the inverse-CDF search
+
+
 def inverse_cdf_sample(probs: torch.Tensor, uniforms: Sequence[float]) -> torch.Tensor:
-    """Token i with probability probs[i] / sum(probs), chosen by the given uniform numbers."""
-    cdf = torch.cumsum(probs.double(), dim=-1)
-    target = torch.tensor(uniforms, dtype=torch.float64).unsqueeze(1) * cdf[:, -1:]
-    index = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    return index.clamp_max(probs.shape[-1] - 1)
+    """Token i with probability probs[i] / sum(probs), chosen by the given uniform numbers:
+    the first token whose running mass (fp64) exceeds u * total. The running mass is found
+    chunk by chunk (the sums of CDF_CHUNK tokens, then one chunk's prefix), not by a
+    cumulative sum over the whole vocabulary."""
+    vocab = probs.shape[-1]
+    chunk = min(CDF_CHUNK, vocab)
+    num_full = vocab // chunk
+    parts = [sum_fp64(probs[:, : num_full * chunk].unflatten(1, (num_full, chunk)))]
+    if vocab % chunk:
+        parts.append(sum_fp64(probs[:, num_full * chunk :]).unsqueeze(1))
+    chunk_cdf = torch.cumsum(torch.cat(parts, dim=1), dim=1)
+    target = torch.tensor(uniforms, dtype=torch.float64).unsqueeze(1) * chunk_cdf[:, -1:]
+    which = torch.searchsorted(chunk_cdf, target, right=True).clamp_max(chunk_cdf.shape[1] - 1)
+    mass_before = torch.where(
+        which > 0, chunk_cdf.gather(1, (which - 1).clamp(min=0)), torch.zeros_like(target)
+    )
+    columns = which * chunk + torch.arange(chunk)
+    inside = columns < vocab  # the last chunk may be shorter
+    local = torch.where(inside, probs.gather(1, columns.clamp_max(vocab - 1)).double(), 0.0)
+    local_cdf = mass_before + torch.cumsum(local, dim=1)
+    offset = torch.searchsorted(local_cdf, target, right=True)
+    offset = torch.minimum(offset, inside.sum(dim=1, keepdim=True) - 1)  # rounding at the end
+    return (which * chunk + offset).squeeze(1)
 
 
 def gather_logprobs(
@@ -174,7 +216,10 @@ def gather_logprobs(
 ) -> list[TokenLogprobs]:
     """For each row: the given token's logprob and rank, then the top_k tokens'."""
     chosen = logprobs.gather(1, token_ids.unsqueeze(1))
-    ranks = (logprobs > chosen).sum(dim=-1) + 1
+    # counted a few rows at a time: summing a whole [rows, vocab] bool mask copies it to int64
+    rows_per_block = max(1, (1 << 18) // max(1, logprobs.shape[-1]))
+    blocks = zip(logprobs.split(rows_per_block), chosen.split(rows_per_block), strict=True)
+    ranks = torch.cat([(block > value).sum(dim=-1) for block, value in blocks]) + 1
     top_values, top_ids = torch.topk(logprobs, top_k, dim=-1)
     chosen_list, rank_list = chosen.squeeze(1).tolist(), ranks.tolist()
     top_value_list, top_id_list = top_values.tolist(), top_ids.tolist()

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.workers.sampler import Sampler, SamplingRow, uniform_for
+from oss_serve.workers.sampler import (
+    Sampler,
+    SamplingRow,
+    apply_penalties,
+    inverse_cdf_sample,
+    uniform_for,
+)
 from oss_serve.workers.sampling_params import InvalidRequestError, SamplingParams
 
 pytestmark = pytest.mark.unit
@@ -127,3 +133,62 @@ def test_bad_sampling_parameters_raise_an_error_naming_the_field(field, value):
 def test_unknown_sampling_parameter_is_named():
     with pytest.raises(InvalidRequestError, match="bogus"):
         SamplingParams.from_dict({"temperature": 0.5, "bogus": 1})
+
+
+def _dense_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    """vLLM's penalties over whole-vocabulary count tensors (the plain way)."""
+    vocab = logits.shape[-1]
+
+    def counts(lists):
+        out = torch.zeros(len(lists), vocab)
+        for row, tokens in enumerate(lists):
+            for token in tokens:
+                out[row, token] += 1
+        return out
+
+    output = counts([r.output_token_ids for r in rows])
+    seen = (counts([r.prompt_token_ids for r in rows]) > 0) | (output > 0)
+    repetition, frequency, presence = (
+        torch.tensor([getattr(r.params, name) for r in rows]).unsqueeze(1)
+        for name in ("repetition_penalty", "frequency_penalty", "presence_penalty")
+    )
+    penalised = torch.where(logits > 0, logits / repetition, logits * repetition)
+    logits = torch.where(seen, penalised, logits)
+    return logits - frequency * output - presence * (output > 0).to(logits.dtype)
+
+
+def test_sparse_penalties_equal_the_whole_vocabulary_formula_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    vocab = 3000
+    rows = [
+        SamplingRow(
+            SamplingParams(repetition_penalty=rep, frequency_penalty=freq, presence_penalty=pres),
+            seed=0,
+            token_ids=torch.randint(0, vocab, (n,), generator=g).tolist(),
+            num_prompt_tokens=n // 2,
+            eos_token_ids=frozenset(),
+        )
+        for rep, freq, pres, n in ((1.3, 0.0, 0.0, 40), (1.0, 0.7, -0.4, 9), (0.8, -1.1, 2.0, 301))
+    ]
+    logits = torch.randn(len(rows), vocab, generator=g) * 3
+    expected = _dense_penalties(logits, rows)
+    for i, row in enumerate(rows):
+        apply_penalties(logits[i], row)
+    assert torch.equal(logits, expected)
+
+
+def test_the_chunked_inverse_cdf_draws_the_token_of_the_whole_cumulative_sum():
+    g = torch.Generator().manual_seed(1)
+    for vocab in (7, 1024, 3000, 201088):
+        probs = torch.rand(6, vocab, generator=g) ** 4
+        probs[probs < 0.3] = 0  # filtered tokens are never drawn
+        probs[5] = 0
+        probs[5, vocab - 1] = 1.0  # all mass on the last token
+        uniforms = torch.rand(6, generator=g).tolist()
+        uniforms[0] = 0.0
+        cdf = torch.cumsum(probs.double(), dim=-1)
+        target = torch.tensor(uniforms, dtype=torch.float64).unsqueeze(1) * cdf[:, -1:]
+        expected = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_max(vocab - 1)
+        drawn = inverse_cdf_sample(probs, uniforms)
+        assert drawn.tolist() == expected.tolist()
+        assert bool((probs.gather(1, drawn.unsqueeze(1)) > 0).all())
