@@ -37,6 +37,7 @@ from oss_serve.workers.demo_model import (
     ensure_demo_model,
 )
 from oss_serve.workers.weights import find_checkpoint, load_model
+from tests.workers.finetune_helpers import one_torch_thread  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[2]
