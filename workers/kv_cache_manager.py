@@ -241,6 +241,13 @@ class KVCacheManager:
             window_blocks=tuple(self._window_blocks),
         )
 
+    def num_reclaimable_blocks(self, request_id: str) -> int:
+        """Blocks that would return to the free pool if this request were freed now (those
+        it shares, e.g. a common prefix, stay held by the others)."""
+        groups = self._requests.get(request_id, [])
+        held = [b for g in groups for b in [*g.blocks, *g.retained.values()] if not b.is_null]
+        return sum(1 for block in held if block.ref_cnt == 1)
+
     @property
     def num_free_blocks(self) -> int:
         return self.pool.num_free_blocks

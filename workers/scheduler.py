@@ -6,7 +6,8 @@ hits and recompute after preemption are one path. Running requests go first (in 
 order), then waiting ones while the budget, the batch size and the KV pool allow. When the
 pool runs out, the lowest-priority running request is preempted: its blocks are freed and
 it is recomputed later from prompt + emitted tokens (identical results: sampling depends
-only on the seed and the output index).
+only on the seed and the output index). A waiting request that finds no slot or KV room
+preempts running requests of lower priority the same way, before the step is scheduled.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Scheduler:
 
     # --- scheduling ---------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
+        self._preempt_for_priority()  # before anything is scheduled: victims hold no new blocks
         output = SchedulerOutput(freed_request_ids=self._freed_ids)
         self._freed_ids = set()
         budget = self.config.max_num_batched_tokens
@@ -161,6 +163,38 @@ class Scheduler:
         request.metrics.num_preemptions += 1
         self.stats.num_preemptions += 1
         self._push_waiting(request)
+
+    def _preempt_for_priority(self) -> None:
+        """The first waiting request, when no batch slot or KV room is left for its first
+        chunk, preempts running requests of strictly lower priority (higher value), lowest
+        first, and only as many as make room (none if even all of them would not)."""
+        head = self._first_waiting()
+        if head is None or self._must_wait(head):
+            return
+        victims = [r for r in reversed(self.running) if r.priority > head.priority]
+        if not victims:
+            return
+        needed = self.kv_cache.num_blocks_needed(
+            self._chunk(head, 0, self.config.max_num_batched_tokens)
+        )
+        reclaimed = 0
+        for count in range(len(victims) + 1):
+            if count:
+                reclaimed += self.kv_cache.num_reclaimable_blocks(victims[count - 1].request_id)
+            running = len(self.running) - count
+            free_blocks = self.kv_cache.num_free_blocks + reclaimed
+            if running < self.config.max_num_seqs and needed + running <= free_blocks:
+                for victim in victims[:count]:
+                    self._preempt(victim)
+                return
+
+    def _first_waiting(self) -> Request | None:
+        while self._waiting:
+            request = self._waiting[0][1]
+            if request.request_id in self._waiting_ids and not request.is_finished:
+                return request
+            heapq.heappop(self._waiting)  # aborted while waiting
+        return None
 
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
         skipped: list[Request] = []

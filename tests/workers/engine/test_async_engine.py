@@ -129,3 +129,28 @@ async def test_admission_capacity_counts_a_burst_before_the_engine_thread_takes_
         assert engine.admission_capacity() == start
     finally:
         await engine.shutdown()
+
+
+async def test_a_higher_priority_request_preempts_a_running_lower_priority_one(tiny_checkpoint):
+    config = _config(tiny_checkpoint[1])
+    config.max_num_seqs = 1
+    engine = AsyncEngine(config)
+    await engine.start()
+    try:
+        slow = SamplingParams(temperature=0, max_tokens=60, ignore_eos=True)
+        quick = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+        alone = {
+            name: [t for d in await _collect(engine, f"{name}-alone", prompt, params)
+                   for t in d.outputs[0].token_ids]
+            for name, prompt, params in (("low", PROMPT, slow), ("high", PROMPT[:20], quick))
+        }  # fmt: skip
+        low = engine.generate("low", PROMPT, slow, priority=5)
+        deltas = [await low.__anext__()]  # running, holding the only slot
+        high = [d async for d in engine.generate("high", PROMPT[:20], quick, priority=0)]
+        deltas += [d async for d in low]
+        assert high[-1].metrics.finished_time < deltas[-1].metrics.finished_time  # went first
+        assert engine.stats().num_preemptions == 1
+        assert [t for d in high for t in d.outputs[0].token_ids] == alone["high"]
+        assert [t for d in deltas for t in d.outputs[0].token_ids] == alone["low"]  # resumed
+    finally:
+        await engine.shutdown()

@@ -24,9 +24,12 @@ def _scheduler(num_blocks: int = 100, **config) -> Scheduler:
     return Scheduler(SchedulerConfig(**config), KVCacheManager(SPEC, num_blocks))
 
 
-def _request(request_id: str, num_prompt: int, max_tokens: int = 4, priority: int = 0) -> Request:
+def _request(
+    request_id: str, num_prompt: int, max_tokens: int = 4, priority: int = 0, first_token: int = 0
+) -> Request:
+    prompt = list(range(first_token, first_token + num_prompt))
     return Request(
-        request_id, list(range(num_prompt)), SamplingParams(max_tokens=max_tokens), seed=0,
+        request_id, prompt, SamplingParams(max_tokens=max_tokens), seed=0,
         eos_token_ids=frozenset(), block_size=4, max_tokens=max_tokens, priority=priority,
     )  # fmt: skip
 
@@ -115,3 +118,58 @@ def test_generation_stops_at_max_tokens_and_max_model_len():
     for _ in range(5):
         _step(scheduler)
     assert not scheduler.has_unfinished_requests()
+
+
+def _run_to_completion(scheduler: Scheduler, limit: int = 200) -> None:
+    for _ in range(limit):
+        if not scheduler.has_unfinished_requests():
+            return
+        _step(scheduler)
+    raise AssertionError("requests did not finish")
+
+
+def test_a_waiting_higher_priority_request_takes_the_slot_of_a_lower_priority_one():
+    scheduler = _scheduler(max_num_seqs=2)
+    low = [_request(f"low{i}", 6, max_tokens=30, priority=5) for i in range(2)]
+    for request in low:
+        scheduler.add_request(request)
+    _step(scheduler)
+    _step(scheduler)
+    urgent = _request("urgent", 6, max_tokens=3, priority=0)
+    scheduler.add_request(urgent)
+    scheduled = _step(scheduler)
+    assert [n.request_id for n in scheduled.new_requests] == ["urgent"]
+    assert low[1].status == RequestStatus.PREEMPTED  # the later of the two equals goes
+    assert low[1].request_id in scheduled.freed_request_ids
+    assert low[0].status == RequestStatus.RUNNING
+    _run_to_completion(scheduler)
+    assert urgent.num_output_tokens == 3 and all(r.num_output_tokens == 30 for r in low)
+    assert scheduler.stats.num_preemptions == 1
+
+
+def test_priority_preemption_frees_kv_blocks_only_as_far_as_needed():
+    scheduler = _scheduler(num_blocks=20, max_num_batched_tokens=64)
+    low = [_request(f"low{i}", 16, 4, priority=3 + i, first_token=100 * i) for i in range(2)]
+    for request in low:
+        scheduler.add_request(request)
+    _step(scheduler)  # both prompts in: 2 x 8 blocks of 19 usable (no shared prefix)
+    assert scheduler.kv_cache.num_free_blocks == 3
+    urgent = _request("urgent", 12, max_tokens=2, priority=0, first_token=300)  # needs 6
+    scheduler.add_request(urgent)
+    scheduled = _step(scheduler)
+    assert [n.request_id for n in scheduled.new_requests] == ["urgent"]
+    assert low[1].status == RequestStatus.PREEMPTED  # the lowest priority (value 4)
+    assert low[0].status == RequestStatus.RUNNING  # one victim was enough
+    _run_to_completion(scheduler)
+    assert all(r.num_output_tokens == 4 for r in low) and urgent.num_output_tokens == 2
+
+
+def test_equal_priority_waits_its_turn_and_no_one_is_preempted():
+    scheduler = _scheduler(max_num_seqs=1)
+    scheduler.add_request(_request("first", 6, max_tokens=5, priority=2))
+    _step(scheduler)
+    scheduler.add_request(_request("second", 6, max_tokens=5, priority=2))
+    _step(scheduler)
+    assert scheduler.requests["second"].status == RequestStatus.WAITING
+    _run_to_completion(scheduler)
+    assert scheduler.stats.num_preemptions == 0
