@@ -34,6 +34,8 @@ from typing import Any
 import ray
 from pydantic import SecretStr
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util import get_placement_group
+from ray.util.placement_group import remove_placement_group
 
 from oss_serve.cluster.local_processes import StartedProcesses
 from oss_serve.cluster.local_redis import LocalRedis
@@ -368,16 +370,21 @@ class Launcher:
     async def _supervise(self, replica: _Replica) -> None:
         """Restart a replica whose engine or actor died (same id: its requests resume)."""
         while not self._stopping:
+            engine_died = False
             try:
                 await replica.actor.wait_fatal.remote()
-                reason = "its engine died"
+                engine_died, reason = True, "its engine died"
             except (RayActorError, RayTaskError) as err:
                 reason = one_line(err)
             if self._stopping:
                 return
             log.error("replica died: restarting it", replica_id=replica.replica_id, reason=reason)
+            if engine_died:  # the actor lives: let it release its engine (a TP/EP replica's
+                # rank actors and placement group) before it goes, or the new one cannot place
+                await _bounded(replica.actor.stop.remote(), REPLICA_DRAIN_TIMEOUT_S, "dead replica")
             with contextlib.suppress(Exception):
                 ray.kill(replica.actor, no_restart=True)
+            release_placement_group(replica.replica_id)
             await asyncio.sleep(RESTART_BACKOFF_S)
             replica.restarts += 1
             try:
@@ -455,6 +462,17 @@ async def _bounded(awaitable: Any, timeout_s: float, what: str) -> None:
     except Exception as err:
         log.warning("shutdown step failed", step=what, error=str(err))
     log.debug("shutdown step done", step=what, seconds=round(time.monotonic() - started, 2))
+
+
+def release_placement_group(name: str) -> None:
+    """Remove a dead TP/EP replica's placement group (named after it), if it left one."""
+    try:
+        group = get_placement_group(name)
+    except ValueError:
+        return  # a single-process replica, or already released
+    with contextlib.suppress(Exception):
+        remove_placement_group(group)
+        log.info("released a dead replica's placement group", replica_id=name)
 
 
 def _display_path(path: Path) -> str:

@@ -63,7 +63,7 @@ class RayReplicaOptions:
     step_timeout_s: float = 600.0  # one forward on every rank
     health_timeout_s: float = 10.0
     collective_timeout_s: float = 1800.0  # torch.distributed's own timeout (a last resort)
-    name: str = "oss-serve-replica"
+    name: str = ""  # placement group name, unique in the Ray namespace ("" = unnamed)
 
     @classmethod
     def from_settings(cls, settings: Any) -> RayReplicaOptions:
@@ -126,6 +126,7 @@ class RayExecutor:
             resources,
             strategy=self.options.placement_strategy,
             timeout_s=self.options.placement_timeout_s,
+            name=self.options.name,
         )
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
         threads = max(1, int(resources.num_cpus))

@@ -9,6 +9,7 @@ routers and the lifecycle are the same either way. `oss-serve replica` runs
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -65,7 +66,12 @@ def build_engine(
         from oss_serve.cluster.ray_executor import RayReplicaOptions
         from oss_serve.cluster.replica import RayReplica
 
-        return RayReplica(config, options=RayReplicaOptions.from_settings(settings))
+        # the placement group is named after the replica, so a host that replaces a dead
+        # one can release it (a group outlives the actor that made it: it is the job's)
+        options = dataclasses.replace(
+            RayReplicaOptions.from_settings(settings), name=settings.replica_id or ""
+        )
+        return RayReplica(config, options=options)
     if load_progress is None:
         return AsyncEngine(config)
     from oss_serve.workers.executor import LocalExecutor, resolve_device, resolve_dtype

@@ -26,7 +26,7 @@ from oss_serve.workers.data.demo_corpus import PERSON_FORMAT, WEATHER_TOOL
 from tests.e2e.up_process import UpProcess, left_behind
 from tests.router.stack import generate
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains the demo model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
