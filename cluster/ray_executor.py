@@ -26,12 +26,8 @@ from ray.exceptions import RayActorError, RayTaskError
 
 from oss_serve.cluster import placement
 from oss_serve.cluster.communication import ReplicaTopology
-from oss_serve.cluster.worker_actor import (
-    RankHealth,
-    ShardReport,
-    StepMessage,
-    remote_class,
-)
+from oss_serve.cluster.step_message import StepNotSendableError, check_portable, pack_step
+from oss_serve.cluster.worker_actor import RankHealth, ShardReport, remote_class
 from oss_serve.common.logging import get_logger
 from oss_serve.workers.engine_config import EngineConfig
 from oss_serve.workers.kv_cache_spec import KVCacheSpec
@@ -209,6 +205,10 @@ class RayExecutor:
         )
         return SchedulerOutput(new_requests=[request], num_scheduled_tokens={WARMUP_REQUEST_ID: 2})
 
+    def check_request(self, params: SamplingParams) -> None:
+        """Only plain data reaches the ranks: logits processors need recipes (step_message.py)."""
+        check_portable(params)
+
     def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput:
         return self.submit(scheduled).result()
 
@@ -217,7 +217,14 @@ class RayExecutor:
         self._raise_if_failed()
         if self._inflight:
             raise RuntimeError("a step is already in flight: call result() on it first")
-        message = ray.put(StepMessage(self._step_index, scheduled, self._last_tokens))
+        try:
+            message = ray.put(pack_step(self._step_index, scheduled, self._last_tokens))
+        except Exception as exc:  # nothing was sent: the ranks still wait for this step index
+            new = [data.request_id for data in scheduled.new_requests]
+            raise StepNotSendableError(
+                f"step {self._step_index} cannot be sent to the ranks (new requests {new}): "
+                f"{exc!r}; requests are checked for this when added (check_request)"
+            ) from exc
         self._step_index += 1
         self._inflight = True
         return StepHandle(self, [w.execute.remote(message) for w in self.workers])

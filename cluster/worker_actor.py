@@ -5,6 +5,8 @@ collectives inside the forward (attention all-reduce, MoE partial sums, logits g
 line up across ranks. Rank 0's sampled tokens are the replica's: the driver sends them
 back to the other ranks with the next step, and a rank whose own sample differed adopts
 rank 0's (and counts it), so the ranks' copies of each sequence can never drift apart.
+Each rank samples with its own logits processors, rebuilt from the recipes the step
+carries (step_message.py): processor objects never cross the process boundary.
 
 `health` runs on its own thread (Ray concurrency group "control"), so a rank answers
 while a long forward pass or a stuck collective holds the main one.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -30,24 +32,16 @@ from oss_serve.cluster.communication import (
     init_process_group,
 )
 from oss_serve.cluster.shard_loader import TensorRead, load_shard, tensor_bytes
+from oss_serve.cluster.step_message import RankProcessors, StepMessage
 from oss_serve.common.logging import get_logger
 from oss_serve.workers.engine_config import EngineConfig
 from oss_serve.workers.executor import LocalExecutor, resolve_device, resolve_dtype
 from oss_serve.workers.kv_cache_spec import KVCacheSpec
-from oss_serve.workers.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from oss_serve.workers.scheduler_output import ModelRunnerOutput
 
 log = get_logger(__name__)
 
 CONTROL_GROUP = "control"
-
-
-@dataclass
-class StepMessage:
-    """What the driver broadcasts each step (once into the object store, read by every rank)."""
-
-    step_index: int
-    scheduled: SchedulerOutput
-    rank0_tokens: dict[str, int] = field(default_factory=dict)  # last step's, by request id
 
 
 @dataclass(frozen=True)
@@ -88,6 +82,7 @@ class RankWorker:
         self.executor: LocalExecutor | None = None
         self.next_step = 0
         self.divergent_tokens = 0
+        self.processors = RankProcessors(rank)
 
     def rendezvous_address(self) -> tuple[str, int]:
         """(node address, free port): rank 0 hosts the process group's TCP rendezvous."""
@@ -169,17 +164,12 @@ class RankWorker:
         self.next_step += 1
         executor = self._executor()
         if self.rank != 0:
-            self._adopt_rank0_tokens(executor, message.rank0_tokens)
-        output = executor.execute_model(message.scheduled)
+            states = executor.runner.states.states
+            self.divergent_tokens += self.processors.adopt_rank0_tokens(
+                states, message.rank0_tokens
+            )
+        output = executor.execute_model(self.processors.unpack(message))
         return output if self.rank == 0 else None
-
-    def _adopt_rank0_tokens(self, executor: LocalExecutor, tokens: dict[str, int]) -> None:
-        states = executor.runner.states.states
-        for request_id, token_id in tokens.items():
-            state = states.get(request_id)
-            if state is not None and state.token_ids and state.token_ids[-1] != token_id:
-                state.token_ids[-1] = token_id
-                self.divergent_tokens += 1
 
     @ray.method(concurrency_group=CONTROL_GROUP)
     def health(self) -> RankHealth:

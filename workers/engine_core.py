@@ -181,6 +181,7 @@ class EngineCore:
             as_processors(params.logits_processors)
         except TypeError as exc:
             raise InvalidRequestError(str(exc), field="logits_processors") from exc
+        self.executor.check_request(params)
         return tokens
 
     def _validate_resume(

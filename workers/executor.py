@@ -17,6 +17,7 @@ from oss_serve.workers.engine_config import DEFAULT_CPU_KV_CACHE_BYTES, EngineCo
 from oss_serve.workers.kv_cache_spec import KVCacheSpec, kv_cache_spec_for
 from oss_serve.workers.model_runner import ModelRunner
 from oss_serve.workers.parallel import ParallelContext
+from oss_serve.workers.sampling_params import SamplingParams
 from oss_serve.workers.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 log = get_logger(__name__)
@@ -32,6 +33,11 @@ class Executor(Protocol):
     def available_kv_cache_bytes(self) -> int: ...
 
     def initialize_kv_cache(self, num_blocks: int) -> None: ...
+
+    def check_request(self, params: SamplingParams) -> None:
+        """Raise InvalidRequestError for a request this executor cannot run (called when
+        the request is added, so it fails alone and never reaches a step)."""
+        ...
 
     def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput: ...
 
@@ -150,6 +156,9 @@ class LocalExecutor:
             block_size=self._spec.block_size,
             bytes=num_blocks * self._spec.bytes_per_block,
         )
+
+    def check_request(self, params: SamplingParams) -> None:
+        """Anything runs here: processors live in this process, where the tokens are sampled."""
 
     def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute_model(scheduled)

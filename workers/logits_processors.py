@@ -9,6 +9,8 @@ A processor is per-request state (e.g. a grammar matcher) behind four calls:
   The default loops over `apply(output_token_ids, logits_row)`.
 - `accept_token(token_id)`: told each token the request emits, in order.
 - `fork()`: a fresh copy for each of n > 1 sequences.
+- `recipe()`: plain, picklable data from which another process (a TP/EP rank, where the
+  tokens are sampled) rebuilds the processor; processors themselves never cross processes.
 Plain callables `(output_token_ids, logits_row) -> logits_row` (vLLM v0 style) also work.
 """
 
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+from oss_serve.workers.sampling_params import InvalidRequestError
 
 RowProcessor = Callable[[Sequence[int], torch.Tensor], torch.Tensor]
 
@@ -51,6 +55,18 @@ class RequestLogitsProcessor:
     def fork(self) -> RequestLogitsProcessor:
         return copy.deepcopy(self)
 
+    def recipe(self) -> ProcessorRecipe | None:
+        """How another process rebuilds this processor (None: it cannot leave this one)."""
+        return None
+
+
+class ProcessorRecipe(Protocol):
+    """Plain, picklable data describing a processor; its state follows from the tokens."""
+
+    def build(self, output_token_ids: Sequence[int]) -> RequestLogitsProcessor:
+        """A processor that has already accepted `output_token_ids` (the output so far)."""
+        ...
+
 
 class FunctionLogitsProcessor(RequestLogitsProcessor):
     """Adapts a stateless callable (output_token_ids, logits) -> logits."""
@@ -78,6 +94,28 @@ def as_processors(raw: Sequence[Any] | None) -> list[RequestLogitsProcessor]:
                 f"logits processor {item!r} is neither a RequestLogitsProcessor nor callable"
             )
     return processors
+
+
+def processor_recipes(raw: Sequence[Any] | None) -> list[ProcessorRecipe]:
+    """The recipes of a request's processors, for sending it to another process; a
+    processor without one is refused (InvalidRequestError naming `logits_processors`)."""
+    recipes: list[ProcessorRecipe] = []
+    for processor in as_processors(raw):
+        recipe = processor.recipe()
+        if recipe is None:
+            raise InvalidRequestError(
+                f"logits processor {type(processor).__name__} cannot run on a multi-process "
+                "(TP/EP) replica: it has no recipe() to rebuild it where the tokens are sampled",
+                field="logits_processors",
+            )
+        recipes.append(recipe)
+    return recipes
+
+
+def build_processors(
+    recipes: Sequence[ProcessorRecipe], output_token_ids: Sequence[int]
+) -> list[RequestLogitsProcessor]:
+    return [recipe.build(output_token_ids) for recipe in recipes]
 
 
 def processors_ready(params: Any) -> bool:

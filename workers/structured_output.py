@@ -16,6 +16,7 @@ import functools
 import json
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -205,11 +206,20 @@ class StructuredOutputProcessor(RequestLogitsProcessor):
     _batch_matcher: xgr.BatchGrammarMatcher | None = None
     _bitmasks: dict[int, torch.Tensor] = {}
 
-    def __init__(self, grammar: xgr.CompiledGrammar, resume_token_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        grammar: xgr.CompiledGrammar,
+        resume_token_ids: Sequence[int] = (),
+        spec_bytes: bytes | None = None,  # the serialized spec it was compiled from, if any
+    ) -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
+        self._spec_bytes = spec_bytes
         self.broken = False  # a token outside the grammar was forced in: stop masking
         for token_id in resume_token_ids:
             self.accept_token(int(token_id))
+
+    def recipe(self) -> StructuredOutputRecipe | None:
+        return None if self._spec_bytes is None else StructuredOutputRecipe(self._spec_bytes)
 
     def accept_token(self, token_id: int) -> None:
         if self.broken or self._matcher.is_terminated():
@@ -221,6 +231,7 @@ class StructuredOutputProcessor(RequestLogitsProcessor):
     def fork(self) -> StructuredOutputProcessor:
         twin = StructuredOutputProcessor.__new__(StructuredOutputProcessor)
         twin._matcher = self._matcher.fork()
+        twin._spec_bytes = self._spec_bytes
         twin.broken = self.broken
         return twin
 
@@ -263,7 +274,18 @@ class StructuredOutputProcessor(RequestLogitsProcessor):
 def make_processor(
     spec_bytes: bytes, resume_token_ids: Sequence[int] = ()
 ) -> StructuredOutputProcessor:
-    return StructuredOutputProcessor(compile_spec(spec_bytes), resume_token_ids)
+    return StructuredOutputProcessor(compile_spec(spec_bytes), resume_token_ids, spec_bytes)
+
+
+@dataclass(frozen=True)
+class StructuredOutputRecipe:
+    """What a TP/EP rank needs to rebuild a request's matcher: the spec, never the matcher
+    (xgrammar's GrammarMatcher cannot be pickled); compiled once per spec per process."""
+
+    spec_bytes: bytes
+
+    def build(self, output_token_ids: Sequence[int]) -> StructuredOutputProcessor:
+        return make_processor(self.spec_bytes, output_token_ids)
 
 
 def sampling_params_from_args(args: dict[str, Any]) -> SamplingParams:
