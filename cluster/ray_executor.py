@@ -221,9 +221,10 @@ class RayExecutor:
             message = ray.put(pack_step(self._step_index, scheduled, self._last_tokens))
         except Exception as exc:  # nothing was sent: the ranks still wait for this step index
             new = [data.request_id for data in scheduled.new_requests]
+            cause = str(exc.__cause__ or exc).strip().splitlines() or [type(exc).__name__]
             raise StepNotSendableError(
                 f"step {self._step_index} cannot be sent to the ranks (new requests {new}): "
-                f"{exc!r}; requests are checked for this when added (check_request)"
+                f"{cause[0][:300]}; requests are checked for this when added (check_request)"
             ) from exc
         self._step_index += 1
         self._inflight = True
