@@ -1,21 +1,23 @@
 """`oss-serve up --expert-parallel-size 2`: the replica's ranks run as Ray actors of their own
-(RayReplica inside the replica actor), the demo model answers as it does in one process, and
-a replica whose actor dies comes back with new ranks.
+(RayReplica inside the replica actor), the demo model answers as it does in one process (a
+plain answer, a get_weather tool call and a json_schema answer, whose grammars are rebuilt
+on the ranks), a schema that cannot be compiled fails only its request (400), and a replica
+whose actor dies comes back with new ranks.
 
-(The demo model has one KV head, so it splits over experts, not over attention heads. Tool
-calls and response formats are not tried here: a Ray replica cannot ship their grammar
-processors to its ranks yet; see /work/notes/issue-11-up.md.)
+(The demo model has one KV head, so it splits over experts, not over attention heads.)
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 import openai
 import psutil
 import pytest
 
-from tests.e2e.test_up import MODEL, READY_TIMEOUT_S, user
+from oss_serve.workers.data.demo_corpus import PERSON_FORMAT
+from tests.e2e.test_up import MODEL, READY_TIMEOUT_S, user, weather_call
 from tests.e2e.up_process import UpProcess, left_behind
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains the demo model
@@ -25,9 +27,12 @@ def ranks(up: UpProcess) -> list[psutil.Process]:
     return [p for p in up.tree() if "RankWorker" in " ".join(p.cmdline())]
 
 
+def client_of(up: UpProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{up.base_url}/v1", api_key=up.api_key(), max_retries=0)
+
+
 def ask_7_plus_5(up: UpProcess) -> str:
-    client = openai.OpenAI(base_url=f"{up.base_url}/v1", api_key=up.api_key(), max_retries=0)
-    reply = client.chat.completions.create(
+    reply = client_of(up).chat.completions.create(
         model=MODEL, messages=user("What is 7 + 5?"), reasoning_effort="low", temperature=0
     )
     return reply.choices[0].message.content or ""
@@ -40,6 +45,8 @@ def test_an_expert_parallel_replica_serves_restarts_and_stops_cleanly(tmp_path):
         first_ranks = ranks(up)
         assert len(first_ranks) == 2, up.output()
         assert "12" in ask_7_plus_5(up)
+        check_grammar_requests(client_of(up))
+        assert ranks(up) == first_ranks  # the replica was never restarted
         seen = up.tree()
         # the replica actor dies: its ranks go with it; the launcher releases the replica's
         # placement group (else the new ranks could not be placed) and starts it again
@@ -60,3 +67,25 @@ def test_an_expert_parallel_replica_serves_restarts_and_stops_cleanly(tmp_path):
         assert left_behind(seen) == []
     finally:
         up.kill_tree()
+
+
+def check_grammar_requests(client: openai.OpenAI) -> None:
+    """Tools and response_format on the Ray replica: the single-process answers (test_up)."""
+    call = weather_call(client, "Paris").choices[0]
+    assert call.finish_reason == "tool_calls" and call.message.tool_calls
+    assert json.loads(call.message.tool_calls[0].function.arguments) == {"location": "Paris"}
+    uncompilable = {"type": "json_schema", "json_schema": {"name": "bad", "schema": BAD_SCHEMA}}
+    with pytest.raises(openai.BadRequestError, match="schema"):
+        client.chat.completions.create(
+            model=MODEL, messages=user("Hi"), response_format=uncompilable, max_tokens=8
+        )  # type: ignore[call-overload]
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=user("Zoe is 27 years old."),
+        response_format=PERSON_FORMAT,  # type: ignore[arg-type]
+        temperature=0,
+    )
+    assert json.loads(reply.choices[0].message.content or "")["age"] == 27
+
+
+BAD_SCHEMA = {"type": "string", "pattern": "(("}  # valid JSON, no grammar: xgrammar refuses it
