@@ -39,10 +39,9 @@ def rust_lines(text: str) -> list[str]:
     """Split like Rust's `str::lines()`: on `\\n`, dropping one `\\r` before it and a final empty line."""
     if not text:
         return []
-    lines = text.split("\n")
-    if text.endswith("\n"):
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    *terminated, last = text.split("\n")  # a "\r" is dropped only before a "\n"
+    lines = [line[:-1] if line.endswith("\r") else line for line in terminated]
+    return [*lines, last] if last else lines
 
 
 def json_compact(value: Any) -> str:

@@ -16,22 +16,16 @@ import json
 import jsonschema
 import pytest
 import pytest_asyncio
-import ray
-import torch
 from openai_harmony import HarmonyEncodingName, Role, load_harmony_encoding
 
 from oss_serve import LLM
-from oss_serve.cluster.ray_executor import RayReplicaOptions
 from oss_serve.cluster.replica import RayReplica
 from oss_serve.common.vocab import o200k_harmony, use_vocab_dir
 from oss_serve.protos import inference_pb2
-from oss_serve.workers.checkpoint import save_checkpoint
 from oss_serve.workers.config import PRESETS
-from oss_serve.workers.engine_config import EngineConfig
-from oss_serve.workers.model import GptOss
 from oss_serve.workers.sampling_params import InvalidRequestError, SamplingParams
 from oss_serve.workers.structured_output import RESUME_ARG, SPEC_ARG, sampling_params_from_args
-from oss_serve.workers.weights import init_random_weights
+from tests.cluster.ray_replicas import ReplicaPool, write_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +39,7 @@ ENGINE_ARGS = {
     "max_model_len": 256,
     "skip_tokenizer_init": True,
 }
-REPLICAS = {"ep2": (1, 2), "tp2": (2, 1)}  # name -> (tensor_parallel_size, expert_parallel_size)
+REPLICAS = {"ep2": (1, 2, False), "tp2": (2, 1, False)}  # name -> ReplicaPool layout
 ANSWER = {
     "type": "object",
     "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green"]}},
@@ -97,11 +91,7 @@ REQUESTS = {  # name -> (prompt, spec)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = GptOss(CONFIG, experts_format="dense", dtype=torch.float32)
-    init_random_weights(model, seed=3, std=0.2)
-    folder = tmp_path_factory.mktemp("tiny-real-vocab")
-    save_checkpoint(model, CONFIG, folder, format="hf-mxfp4")
-    return folder
+    return write_checkpoint(CONFIG, tmp_path_factory.mktemp("tiny-real-vocab"), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -118,35 +108,11 @@ def reference(checkpoint) -> dict[str, list[int]]:
     return {name: list(o.outputs[0].token_ids) for name, o in zip(REQUESTS, outputs, strict=True)}
 
 
-@pytest.fixture(scope="module")
-def ray_runtime():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def replicas(ray_runtime, checkpoint):
-    started: dict[str, RayReplica] = {}
-
-    async def get(name: str) -> RayReplica:
-        if name not in started:
-            tp, ep = REPLICAS[name]
-            config = EngineConfig(
-                model=str(checkpoint),
-                tensor_parallel_size=tp,
-                expert_parallel_size=ep,
-                **ENGINE_ARGS,
-            )
-            options = RayReplicaOptions(cpus_per_rank=0.5, step_timeout_s=60)
-            replica = RayReplica(config, options=options, health_interval_s=0.5)
-            await replica.start()
-            started[name] = replica
-        return started[name]
-
-    yield get
-    for replica in started.values():
-        await replica.shutdown()
+    pool = ReplicaPool(checkpoint, ENGINE_ARGS, REPLICAS)
+    yield pool.get
+    await pool.shutdown()
 
 
 async def _generate(

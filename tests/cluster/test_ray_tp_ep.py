@@ -24,11 +24,10 @@ from oss_serve import LLM, SamplingParams
 from oss_serve.cluster.ray_executor import RayReplicaOptions, ReplicaFailedError
 from oss_serve.cluster.replica import RayReplica, ReplicaDrainingError
 from oss_serve.workers.async_engine import EngineDeadError
-from oss_serve.workers.checkpoint import save_checkpoint
 from oss_serve.workers.config import PRESETS
 from oss_serve.workers.engine_config import EngineConfig
 from oss_serve.workers.model import GptOss
-from oss_serve.workers.weights import init_random_weights
+from tests.cluster.ray_replicas import ReplicaPool, write_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,12 +73,7 @@ def _workload() -> list[tuple[list[int], SamplingParams]]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """An HF-MXFP4 checkpoint (safetensors) with weights large enough to give clear argmaxes."""
-    model = GptOss(CONFIG, experts_format="dense", dtype=torch.float32)
-    init_random_weights(model, seed=5, std=0.2)
-    folder = tmp_path_factory.mktemp("tiny-mxfp4")
-    save_checkpoint(model, CONFIG, folder, format="hf-mxfp4")
-    return folder
+    return write_checkpoint(CONFIG, tmp_path_factory.mktemp("tiny-mxfp4"), seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -90,38 +84,12 @@ def reference(checkpoint):
     return [_summary(o) for o in LLM(str(checkpoint), **ENGINE_ARGS).generate(prompts, params)]
 
 
-@pytest.fixture(scope="module")
-def ray_runtime():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def replicas(ray_runtime, checkpoint):
     """Started lazily, shared by the tests of the module, shut down at its end."""
-    started: dict[str, RayReplica] = {}
-
-    async def get(name: str) -> RayReplica:
-        if name not in started:
-            tp, ep, across = REPLICAS[name]
-            config = EngineConfig(
-                model=str(checkpoint),
-                tensor_parallel_size=tp,
-                expert_parallel_size=ep,
-                **ENGINE_ARGS,
-            )
-            options = RayReplicaOptions(
-                experts_across_all_ranks=across, cpus_per_rank=0.5, step_timeout_s=60
-            )
-            replica = RayReplica(config, options=options, health_interval_s=0.5)
-            await replica.start()
-            started[name] = replica
-        return started[name]
-
-    yield get
-    for replica in started.values():
-        await replica.shutdown()
+    pool = ReplicaPool(checkpoint, ENGINE_ARGS, REPLICAS)
+    yield pool.get
+    await pool.shutdown()
 
 
 def _summary(output) -> tuple[list[int], list[dict[int, float]] | None]:

@@ -137,6 +137,7 @@ def test_batched_decode_equals_the_per_sequence_loop():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_the_torch_decode_path_equals_the_reference(dtype):
+    torch.manual_seed(11)
     seq_lens = [37, 1, 16, 17, 60, 5]
     k = torch.randn(6, 60, 2, 16)
     v = torch.randn(6, 60, 2, 16)
@@ -152,7 +153,9 @@ def test_the_torch_decode_path_equals_the_reference(dtype):
         )
         fast = paged_decode_torch(q.to(dtype), cache.to(dtype), table, lens, sinks, **kwargs)
         assert fast.dtype == dtype and fast.isfinite().all()
-        torch.testing.assert_close(fast, expected, atol=1e-6, rtol=1e-5)
+        # both accumulate in fp32; fp16 outputs may then round one fp16 ulp apart (2^-10)
+        rtol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(fast, expected, atol=1e-6, rtol=rtol)
 
 
 def test_store_kv_skips_slots_marked_minus_one():

@@ -163,7 +163,11 @@ def response_formats_text(formats: list[dict[str, Any]]) -> str:
     """The `# Response Formats` section as the gpt-oss docs lay it out (the library has none)."""
     parts = ["# Response Formats"]
     for fmt in formats:
-        comment = f"// {fmt['description']}\n" if fmt.get("description") else ""
+        # every description line is a comment line (a raw newline would end the comment)
+        lines = (fmt.get("description") or "").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()
+        comment = "".join(f"// {line.removesuffix(chr(13))}\n" for line in lines)
         schema = json.dumps(fmt["schema"], separators=(",", ":"), ensure_ascii=False)
         parts.append(f"## {fmt['name']}\n\n{comment}{schema}")
     return "\n\n".join(parts)
