@@ -4,6 +4,7 @@ all real processes (`oss-serve router`, `oss-serve replica` on the tiny model)."
 from __future__ import annotations
 
 import concurrent.futures
+import time
 import uuid
 
 import grpc
@@ -108,13 +109,22 @@ def test_sticky_session_keeps_one_replica(stack):
             for r in REPLICAS
         }
 
-    before = queries()
+    def settled() -> dict[str, int]:
+        """The counts once two heartbeats (0.5 s each) pass without a change: the load
+        reports of earlier tests' requests have arrived."""
+        last = queries()
+        for _ in range(20):
+            time.sleep(1.1)
+            now = queries()
+            if now == last:
+                return now
+            last = now
+        raise AssertionError(f"replica load reports kept changing: {last}")
+
+    before = settled()
     for i in range(4):
         generate(stack["addresses"][i % 2], [7000 + i] * 17, max_tokens=2, session_key="alice")
-    import time
-
-    time.sleep(0.5)  # one heartbeat: the load reports catch up
-    grown = {r for r, n in queries().items() if n > before[r]}
+    grown = {r for r, n in settled().items() if n > before[r]}
     assert len(grown) == 1, f"one session should stay on one replica, grew: {grown}"
 
 
