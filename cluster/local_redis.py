@@ -61,9 +61,10 @@ class LocalRedis:
 
     host = "127.0.0.1"
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True) -> None:
         self.data_dir = data_dir
         self.port = port or free_port(self.host)
+        self.appendonly = appendonly
         self.binary = redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -86,7 +87,7 @@ class LocalRedis:
             "--dir", str(self.data_dir),
             "--logfile", str(log_file),
             "--save", "",
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
         ]  # fmt: skip
         # Its own session: a Ctrl-C in the terminal reaches `up`, which stops Redis last.

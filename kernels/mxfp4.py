@@ -55,15 +55,20 @@ def quantize_mxfp4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_mxfp4_ref(weight)
 
 
-def dequantize_mxfp4_ref(
-    blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
-) -> torch.Tensor:
-    """The torch reference: LUT lookup per nibble, then ldexp by the block's exponent."""
+def check_mxfp4_shapes(blocks: torch.Tensor, scales: torch.Tensor) -> None:
+    """Refuse mismatched blocks/scales before a kernel reads past either."""
     if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BYTES_PER_BLOCK:
         raise ValueError(
             f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)} "
             f"(expected blocks = scales.shape + ({BYTES_PER_BLOCK},))"
         )
+
+
+def dequantize_mxfp4_ref(
+    blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """The torch reference: LUT lookup per nibble, then ldexp by the block's exponent."""
+    check_mxfp4_shapes(blocks, scales)
     lut = torch.tensor(FP4_VALUES, dtype=dtype, device=blocks.device)
     packed = blocks.to(torch.uint8)
     codes = torch.stack(((packed & 0x0F).long(), (packed >> 4).long()), dim=-1)

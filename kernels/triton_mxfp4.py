@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .mxfp4 import BLOCK_SIZE, BYTES_PER_BLOCK
+from .mxfp4 import BLOCK_SIZE, check_mxfp4_shapes
 
 
 @triton.jit
@@ -75,11 +75,7 @@ def dequantize_mxfp4(
     blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16
 ) -> torch.Tensor:
     """blocks [..., out, in/32, 16] uint8 + scales [..., out, in/32] -> dense [..., out, in]."""
-    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BYTES_PER_BLOCK:
-        raise ValueError(
-            f"MXFP4 blocks {tuple(blocks.shape)} do not match scales {tuple(scales.shape)} "
-            f"(expected blocks = scales.shape + ({BYTES_PER_BLOCK},))"
-        )
+    check_mxfp4_shapes(blocks, scales)
     blocks, scales = blocks.contiguous(), scales.contiguous()
     out = torch.empty(*scales.shape, BLOCK_SIZE, dtype=dtype, device=blocks.device)
     num_rows = scales.numel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,15 +10,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from oss_serve.cluster.local_redis import free_port
+
 STUB_API_KEY = "stub-test-key"
 STUB_TTFT_MS = 80.0
 STUB_ITL_MS = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
