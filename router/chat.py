@@ -104,9 +104,10 @@ async def stream_harmony(
     `on_tokens` sees every raw token chunk first (metrics, logprobs)."""
     with_stops = inference_pb2.SamplingParams()
     with_stops.CopyFrom(sampling)
-    with_stops.stop_token_ids.extend(
-        t for t in stop_token_ids() if t not in sampling.stop_token_ids
-    )
+    if not sampling.ignore_eos:  # harmony's <|return|> and <|call|> are the model's EOS
+        with_stops.stop_token_ids.extend(
+            t for t in stop_token_ids() if t not in sampling.stop_token_ids
+        )
     if structured_output is not None:
         with_stops.structured_output.CopyFrom(structured_output)
     request = GenerationRequest(

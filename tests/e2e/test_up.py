@@ -101,6 +101,16 @@ def test_a_streamed_chat_gives_the_same_greedy_answer_as_a_whole_one(client):
     assert streamed["reasoning"] == getattr(whole, "reasoning", None)
 
 
+def test_ignore_eos_generates_exactly_max_tokens_and_keeps_the_answer(client):
+    """Benchmarks send ignore_eos for exact lengths: harmony's <|return|> is the model's EOS."""
+    args = {"model": MODEL, "messages": user("Hello!"), "temperature": 0}
+    ended = client.chat.completions.create(**args, max_tokens=200)
+    assert ended.usage is not None and ended.usage.completion_tokens < 150
+    forced = client.chat.completions.create(**args, max_tokens=150, extra_body={"ignore_eos": True})
+    assert forced.usage is not None and forced.usage.completion_tokens == 150
+    assert forced.choices[0].message.content == ended.choices[0].message.content
+
+
 def weather_call(client: openai.OpenAI, city: str) -> openai.types.chat.ChatCompletion:
     return client.chat.completions.create(
         model=MODEL,
