@@ -21,9 +21,10 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from oss_serve.workers.data.demo_corpus import PERSON_FORMAT, WEATHER_TOOL
-from tests.e2e.up_process import UpProcess, left_behind
+from tests.e2e.up_process import OSS_SERVE, UpProcess, left_behind
 from tests.router.stack import generate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains the demo model
@@ -188,6 +189,44 @@ def test_grpc_generate_answers_on_the_printed_address(up: UpProcess):
     prompt = [200006, 1428, 200008]  # <|start|>user<|message|>
     tokens, finish_reason, _ = generate(f"127.0.0.1:{up.grpc_port}", prompt, max_tokens=4)
     assert len(tokens) == 4 and finish_reason == "length"
+
+
+def _served_totals(up: UpProcess) -> dict[str, float]:
+    """The router's own counters of finished requests and their tokens (all labels)."""
+    text = httpx.get(f"{up.base_url}/metrics", timeout=10).text
+    wanted = {"vllm:request_success", "vllm:prompt_tokens", "vllm:generation_tokens"}
+    totals = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(text):
+        if family.name in wanted:
+            totals[family.name] += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return totals
+
+
+def test_bench_measures_the_stack_as_its_own_counters_do(up: UpProcess, tmp_path: Path):
+    """`oss-serve bench` against `up`, as a user runs it: every request succeeds with exactly
+    --output-len tokens, and the requests and tokens it counts are what the router served."""
+    before = _served_totals(up)
+    args = [
+        *OSS_SERVE, "bench", "--base-url", up.base_url, "--model", MODEL,
+        "--api-key", up.api_key(), "--concurrency", "1,4", "--num-requests", "6",
+        "--warmup-requests", "0", "--input-len", "uniform:32:96", "--output-len", "24",
+        "--ignore-eos", "--output-dir", str(tmp_path), "--label", "up",
+    ]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    served = {k: v - before[k] for k, v in _served_totals(up).items()}
+    runs = json.loads((tmp_path / "result.json").read_text())["runs"]
+    details = [r for run in runs for r in run["requests_detail"]]
+    assert [run["requests"]["completed"] for run in runs] == [6, 6], runs[0]["requests"]
+    for request in details:
+        assert request["error"] is None and request["usage_source"] == "usage"
+        assert request["output_tokens"] == 24
+        assert 0 < request["ttft_s"] < request["e2e_s"]
+        assert len(request["itl_s"]) == request["chunks"] - 1
+    assert served["vllm:request_success"] == len(details) == 12
+    assert served["vllm:generation_tokens"] == sum(r["output_tokens"] for r in details)
+    assert served["vllm:prompt_tokens"] == sum(r["input_tokens"] for r in details)
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "throughput_vs_load.png").is_file()
 
 
 def test_a_replica_whose_process_dies_is_restarted_and_serves_again(up: UpProcess, client):
