@@ -10,13 +10,17 @@ launcher is passed on, so an interrupted first run leaves no training behind.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
 
+from oss_serve.common.logging import configure_logging
+
 INTERRUPTED_EXIT_CODE = 130
+PROGRESS_LOGGER = "oss_serve.workers.finetune.progress"
 
 
 class DemoModelError(RuntimeError):
@@ -55,6 +59,9 @@ def main(argv: list[str]) -> int:
     try:
         from oss_serve.workers.demo_model import ensure_demo_model
 
+        if not sys.stderr.isatty():  # no bar: a progress line every tenth of the training
+            configure_logging("warning")
+            logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)
         folder = ensure_demo_model(cache_dir)
     except KeyboardInterrupt:
         return INTERRUPTED_EXIT_CODE
