@@ -8,7 +8,11 @@ AOF) before it would ever kill it.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +25,19 @@ log = get_logger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+
+
+_HAS_PRCTL = sys.platform == "linux"
+PR_SET_PDEATHSIG = 1
+
+
+def _end_with(parent_pid: int) -> None:
+    """Run in the child before exec: SIGTERM when the thread that started it ends (Linux),
+    so a SIGKILLed `oss-serve up` leaves no Redis behind (Redis flushes its AOF on SIGTERM).
+    Hence start LocalRedis from a thread that lives as long as it should (the main one)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class RedisNotFoundError(RuntimeError):
@@ -97,6 +114,7 @@ class LocalRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=functools.partial(_end_with, os.getpid()) if _HAS_PRCTL else None,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

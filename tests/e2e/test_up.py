@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains t
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
 MODEL = "oss-serve-demo"
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 WEATHER_RESULT = {"temperature": 22, "unit": "celsius", "condition": "sunny"}
 
 
@@ -260,3 +261,22 @@ def test_sigterm_stops_everything_in_order_with_no_process_left(up: UpProcess):
     ]
     positions = [output.index(step) for step in order]
     assert positions == sorted(positions), output
+
+
+def test_sigkill_of_up_leaves_no_process_behind(tmp_path: Path):
+    """No signal handler runs: the kernel tells redis-server (in its own session, out of
+    reach of the terminal's Ctrl-C) and Ray's core shares the launcher's fate. Ray's
+    dashboard and runtime-env agents notice on their own poll, within about a minute: not
+    waited for here."""
+    up = UpProcess(tmp_path).start()
+    try:
+        up.wait_ready(READY_TIMEOUT_S)
+        seen = up.tree()
+        assert any("redis-server" in " ".join(p.cmdline()) for p in seen), seen
+        ours = [p for p in seen if not any(a in " ".join(p.cmdline()) for a in RAY_AGENTS)]
+        assert up.process is not None
+        up.process.kill()
+        up.process.wait(timeout=10)
+        assert left_behind(ours, grace_s=20) == []
+    finally:
+        up.kill_tree()
