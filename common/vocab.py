@@ -56,6 +56,10 @@ SPECIAL_TOKENS: dict[str, int] = {
 STOP_TOKEN_IDS: tuple[int, ...] = (RETURN, CALL, ENDOFTEXT)
 
 
+class VocabularyUnavailableError(RuntimeError):
+    """The o200k vocabulary is neither configured locally nor downloadable."""
+
+
 def configured_vocab_dir(explicit: str | Path | None = None) -> Path | None:
     """The vocabulary folder from the argument or OSS_SERVE_VOCAB_DIR; None means download."""
     raw = explicit if explicit is not None else os.environ.get(VOCAB_DIR_ENV)
@@ -97,8 +101,16 @@ def o200k_harmony() -> tiktoken.Encoding:
     """The gpt-oss tokenizer: o200k_base byte-pair ranks plus the harmony special tokens."""
     import tiktoken
 
-    use_vocab_dir()
-    base = tiktoken.get_encoding("o200k_base")
+    folder = use_vocab_dir()
+    try:
+        base = tiktoken.get_encoding("o200k_base")
+    except Exception as err:  # tiktoken downloads with requests: any network error lands here
+        if folder is not None:
+            raise
+        raise VocabularyUnavailableError(
+            f"could not download {O200K_BASE_FILE} ({type(err).__name__}); on a machine without "
+            f"internet access set {VOCAB_DIR_ENV} to a folder that holds it"
+        ) from err
     return tiktoken.Encoding(
         name="o200k_harmony",
         pat_str=base._pat_str,

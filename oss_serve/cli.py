@@ -8,6 +8,7 @@ import pkgutil
 import typer
 
 from oss_serve import __version__, commands
+from oss_serve.common.vocab import VocabularyUnavailableError
 
 app = typer.Typer(
     name="oss-serve",
@@ -45,7 +46,11 @@ _register_commands()
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except VocabularyUnavailableError as err:  # any command may need the tokenizer first
+        typer.echo(f"error: {err}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

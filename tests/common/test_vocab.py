@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 
 from oss_serve.common import vocab
@@ -48,3 +52,28 @@ def test_stop_tokens_never_include_end():
 def test_missing_vocab_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"o200k_base\.tiktoken"):
         vocab.configured_vocab_dir(tmp_path)
+
+
+def test_an_unreachable_download_is_one_clear_error_line(tmp_path):
+    """No vocabulary folder and no network (a proxy that refuses): the CLI says what to set."""
+    env = {k: v for k, v in os.environ.items() if k != vocab.VOCAB_DIR_ENV}
+    dead_proxy = "http://127.0.0.1:9"
+    env.update(
+        TIKTOKEN_CACHE_DIR=str(tmp_path / "tiktoken"),
+        XDG_CACHE_HOME=str(tmp_path / "cache"),
+        HTTPS_PROXY=dead_proxy,
+        https_proxy=dead_proxy,
+    )
+    args = ["bench", "--base-url", "http://127.0.0.1:9", "--model", "m", "--num-requests", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "oss_serve.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()  # no traceback
+    assert line.startswith("error: could not download o200k_base.tiktoken (")
+    assert line.endswith(f"set {vocab.VOCAB_DIR_ENV} to a folder that holds it")
