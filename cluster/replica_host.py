@@ -131,7 +131,12 @@ async def start_replica_host(
     redis = connect(settings.redis_url.get_secret_value())
     keys = RedisKeys(settings.redis_namespace)
     publisher = KvEventPublisher(
-        redis, keys, replica_id, block_size=settings.block_size, maxlen=settings.kv_events_maxlen
+        redis,
+        keys,
+        replica_id,
+        block_size=settings.block_size,
+        maxlen=settings.kv_events_maxlen,
+        snapshot_interval_s=settings.kv_snapshot_interval_s,
     )
     engine = await asyncio.to_thread(build_engine, settings, publisher.sink, load_progress)
     await engine.start()

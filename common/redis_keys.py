@@ -49,6 +49,13 @@ class RedisKeys:
     def kv_events(self) -> str:
         return f"{self.namespace}:kv-events"
 
+    def kv_snapshot(self, replica_id: str) -> str:
+        return f"{self.namespace}:kv-snapshot:{replica_id}"
+
+    @property
+    def kv_snapshots_pattern(self) -> str:
+        return f"{self.namespace}:kv-snapshot:*"
+
     @property
     def dead_letters(self) -> str:
         return f"{self.namespace}:dead-letters"

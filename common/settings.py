@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     max_delivery_attempts: int = 3  # deliveries before a request is dead-lettered
     router_link_grace_s: float = 10.0  # a replica gives up on an unreachable owning router after
     kv_events_maxlen: int = 1_000_000
+    # a replica's whole prefix-cache index, rewritten this often when it changed: routers that
+    # start after the kv-events stream was trimmed still learn where hot prefixes live
+    kv_snapshot_interval_s: float = 30.0
     max_num_seqs: int = 256  # replica engine: max running sequences (vLLM's --max-num-seqs)
     max_num_batched_tokens: int = 2048  # replica engine: token budget per step
 

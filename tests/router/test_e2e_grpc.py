@@ -43,7 +43,13 @@ def stack(redis_server, tmp_path_factory):
         addresses = [address for _, address in routers]
         for address in addresses:
             wait_for_router(address)
-        yield {"addresses": addresses, "namespace": namespace, "url": redis_server.url}
+        yield {
+            "addresses": addresses,
+            "namespace": namespace,
+            "url": redis_server.url,
+            "folder": folder,
+            "procs": procs,
+        }
     finally:
         for proc in procs:
             proc.stop()
@@ -184,3 +190,20 @@ def test_bad_chat_request_names_the_field(stack):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "messages[0].role" in caught.value.details()
     assert rpc_status.from_call(caught.value) is None  # no rich details for plain errors
+
+
+def test_a_router_started_after_the_events_were_trimmed_routes_to_the_cached_prefix(stack):
+    """The hot prefixes' events are gone from the kv-events stream; the replicas' snapshots
+    still tell a new router where they are cached."""
+    prompts = [[9000 + 100 * i + j for j in range(64)] for i in range(4)]
+    for i, prompt in enumerate(prompts):
+        generate(stack["addresses"][i % 2], prompt, max_tokens=1)
+    time.sleep(1.0)  # the snapshots are rewritten every 0.2 s here
+    client = redis.Redis.from_url(stack["url"])
+    client.xtrim(f"{stack['namespace']}:kv-events", maxlen=0)
+    router, address = start_router(stack["url"], stack["namespace"], stack["folder"], "late")
+    stack["procs"].append(router)
+    wait_for_router(address)
+    for prompt in prompts:
+        _, _, chunks = generate(address, [*prompt, 1], max_tokens=1)
+        assert chunks[-1].usage.cached_prompt_tokens >= 48, "routed away from its cached prefix"

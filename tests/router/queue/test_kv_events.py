@@ -1,3 +1,4 @@
+import asyncio
 import uuid
 from dataclasses import dataclass
 
@@ -51,3 +52,75 @@ def test_unknown_event_kind_is_a_clear_error():
     publisher = KvEventPublisher(None, RedisKeys(), "a", block_size=16)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown KV event kind 'moved'"):
         publisher.sink([EngineEvent("moved", [1])])
+
+
+async def test_a_router_starting_after_the_stream_was_trimmed_learns_from_the_snapshots(
+    redis_server,
+):
+    """A hot prefix is stored once, then only hit: its event may be trimmed long before it is
+    evicted. The snapshot keeps it; entries after the snapshot still apply, once."""
+    redis = connect(redis_server.url)
+    keys = RedisKeys(namespace=f"t-{uuid.uuid4().hex[:8]}")
+    hot, other = list(range(64)), list(range(1000, 1064))
+    hot_hashes, other_hashes = block_hashes(hot, 16), block_hashes(other, 16)
+    a = KvEventPublisher(redis, keys, "a", block_size=16)
+    b = KvEventPublisher(redis, keys, "b", block_size=16)
+    for publisher in (a, b):
+        publisher.publish_cleared()
+    a.sink([EngineEvent("stored", hot_hashes)])
+    b.sink([EngineEvent("stored", other_hashes[:3])])
+    await a.flush()
+    await b.flush()
+    assert await a.write_snapshot() and await b.write_snapshot()
+    assert not await a.write_snapshot()  # unchanged: only kept alive
+    a.sink([EngineEvent("removed", hot_hashes[3:])])  # after the snapshot: from the stream
+    b.publish_cleared()  # b restarted
+    b.sink([EngineEvent("stored", hot_hashes[:1])])
+    await a.flush()
+    await b.flush()
+    early = KvEventFollower(redis, keys, PrefixIndex())
+    early.snapshot_ids = {}  # a router that has followed the stream from the start
+    await early.poll()
+    expected = {"a": 3, "b": 1}
+    assert early.index.match(PromptBlocks(hot, 16)) == expected
+    assert early.index.match(PromptBlocks(other, 16)) == {}
+
+    # trim everything written before the snapshots (a's store of the hot prefix included)
+    entries = await redis.xrange(keys.kv_events)
+    assert len(entries) == 4  # one entry per flush
+    await redis.xdel(keys.kv_events, *[entry_id for entry_id, _ in entries[:2]])
+    without = KvEventFollower(redis, keys, PrefixIndex())
+    without.snapshot_ids = {}  # what a router saw before snapshots existed
+    await without.poll()
+    assert without.index.match(PromptBlocks(hot, 16)) == {"b": 1}  # the hot prefix is lost
+
+    late = KvEventFollower(redis, keys, PrefixIndex())
+    await late.poll()
+    assert late.snapshot_ids is not None and set(late.snapshot_ids) == {"a", "b"}
+    assert late.batches_applied == 2  # only the entries newer than each snapshot
+    assert late.index.match(PromptBlocks(hot, 16)) == expected
+    assert late.index.match(PromptBlocks(other, 16)) == {}
+    await redis.aclose()
+
+
+async def test_the_publisher_loop_rewrites_the_snapshot_while_it_publishes(redis_server):
+    redis = connect(redis_server.url)
+    keys = RedisKeys(namespace=f"t-{uuid.uuid4().hex[:8]}")
+    prompt = list(range(48))
+    hashes = block_hashes(prompt, 16)
+    publisher = KvEventPublisher(redis, keys, "a", block_size=16, snapshot_interval_s=0.05)
+    task = asyncio.create_task(publisher.run())
+    try:
+        publisher.sink([EngineEvent("stored", hashes)])
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if await redis.exists(keys.kv_snapshot("a")):
+                break
+        assert 0 < await redis.ttl(keys.kv_snapshot("a")) <= 60
+        router = KvEventFollower(redis, keys, PrefixIndex())
+        await router.load_snapshots()
+        assert router.index.match(PromptBlocks(prompt, 16)) == {"a": 3}
+    finally:
+        publisher.stop()
+        await task
+        await redis.aclose()
