@@ -10,6 +10,7 @@ The first run on a machine trains the demo model (a few minutes); later runs reu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 import httpx
 import jsonschema
 import openai
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -269,6 +271,7 @@ def test_sigkill_of_up_leaves_no_process_behind(tmp_path: Path):
     dashboard and runtime-env agents notice on their own poll, within about a minute: not
     waited for here."""
     up = UpProcess(tmp_path).start()
+    seen: list[psutil.Process] = []
     try:
         up.wait_ready(READY_TIMEOUT_S)
         seen = up.tree()
@@ -280,3 +283,6 @@ def test_sigkill_of_up_leaves_no_process_behind(tmp_path: Path):
         assert left_behind(ours, grace_s=20) == []
     finally:
         up.kill_tree()
+        for process in seen:  # Ray's agents, before they notice: none may outlive the test
+            with contextlib.suppress(psutil.Error):
+                process.kill()
