@@ -23,10 +23,10 @@ import jsonschema
 import openai
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from oss_serve.workers.data.demo_corpus import PERSON_FORMAT, WEATHER_TOOL
 from tests.e2e.up_process import OSS_SERVE, UpProcess, left_behind
+from tests.router.metrics_scrape import scrape, total
 from tests.router.stack import generate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains the demo model
@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains t
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
 MODEL = "oss-serve-demo"
+SERVED_COUNTERS = ("vllm:request_success", "vllm:prompt_tokens", "vllm:generation_tokens")
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 WEATHER_RESULT = {"temperature": 22, "unit": "celsius", "condition": "sunny"}
 
@@ -196,13 +197,8 @@ def test_grpc_generate_answers_on_the_printed_address(up: UpProcess):
 
 def _served_totals(up: UpProcess) -> dict[str, float]:
     """The router's own counters of finished requests and their tokens (all labels)."""
-    text = httpx.get(f"{up.base_url}/metrics", timeout=10).text
-    wanted = {"vllm:request_success", "vllm:prompt_tokens", "vllm:generation_tokens"}
-    totals = dict.fromkeys(wanted, 0.0)
-    for family in text_string_to_metric_families(text):
-        if family.name in wanted:
-            totals[family.name] += sum(s.value for s in family.samples if s.name.endswith("_total"))
-    return totals
+    values = scrape(up.base_url)
+    return {name: total(values, f"{name}_total") for name in SERVED_COUNTERS}
 
 
 def test_bench_measures_the_stack_as_its_own_counters_do(up: UpProcess, tmp_path: Path):

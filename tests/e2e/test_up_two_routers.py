@@ -21,7 +21,7 @@ from oss_serve.workers.demo_model import ensure_demo_model
 from tests.e2e.test_up import MODEL, READY_TIMEOUT_S
 from tests.e2e.up_process import UpProcess, left_behind
 from tests.router.servers import RedisServer
-from tests.router.stack import generate, start_router, wait_for_router
+from tests.router.stack import generate, prefix_queries, start_router, wait_for_router
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains the demo model
 
@@ -73,15 +73,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         server.stop()
 
 
-def prefix_queries(cluster: dict) -> dict[str, int]:
-    """Prompt tokens each registered replica has looked up (its engine's own counter)."""
-    client, namespace = cluster["redis"], cluster["namespace"]
-    keys = [k.decode() for k in client.scan_iter(f"{namespace}:replica:*")]
-    return {
-        k: int(client.hget(k, "prefix_queries") or 0) for k in keys if client.type(k) == b"hash"
-    }
-
-
 def test_generate_through_either_router_equals_the_single_process_engine(cluster):
     llm = LLM(str(ensure_demo_model()), dtype="float32", kv_cache_memory=64 << 20)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
@@ -106,7 +97,7 @@ def test_generate_through_either_router_equals_the_single_process_engine(cluster
     for (index, address), tokens in zip(jobs, results, strict=True):
         assert tokens == expected[index % len(PROMPTS)], (address, index)
     time.sleep(1.5)  # the replicas' next load reports
-    served = prefix_queries(cluster)
+    served = prefix_queries(cluster["redis"], cluster["namespace"])
     assert len(served) == 2 and all(served.values()), served
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import redis
 
+from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
 from tests.router.servers import free_port
 
@@ -108,6 +109,17 @@ def start_router(
         *extra_args,
     ]
     return Proc(args, folder / f"{name}.log", _env(namespace, env)), f"127.0.0.1:{port}"
+
+
+def prefix_queries(
+    client: redis.Redis, namespace: str, replica_ids: Iterable[str] | None = None
+) -> dict[str, int]:
+    """Prompt tokens each replica's engine has looked up in its prefix cache, from its last
+    load report (every registered replica unless `replica_ids` is given)."""
+    keys = RedisKeys(namespace)
+    if replica_ids is None:
+        replica_ids = sorted(m.decode() for m in client.smembers(keys.replicas))
+    return {r: int(client.hget(keys.replica(r), "prefix_queries") or 0) for r in replica_ids}
 
 
 def wait_for_replicas(

@@ -19,6 +19,7 @@ from tests.router.servers import redis_server
 from tests.router.stack import (
     TINY_MODEL,
     generate,
+    prefix_queries,
     queue_is_empty,
     start_replica,
     start_router,
@@ -78,10 +79,7 @@ def test_concurrent_requests_from_two_routers_all_complete_on_both_replicas(stac
         results = list(pool.map(one, range(16)))
     assert all(len(tokens) == 8 and finish == "length" for tokens, finish in results)
     client = redis.Redis.from_url(stack["url"])
-    served = {
-        r: int(client.hget(f"{stack['namespace']}:replica:{r}", "prefix_queries") or 0)
-        for r in REPLICAS
-    }
+    served = prefix_queries(client, stack["namespace"], REPLICAS)
     assert all(served.values()), f"both replicas should have served requests: {served}"
     assert queue_is_empty(stack["url"], stack["namespace"])
 
@@ -109,19 +107,13 @@ def test_chat_completion_streams_content_with_finish_and_usage(stack):
 def test_sticky_session_keeps_one_replica(stack):
     client = redis.Redis.from_url(stack["url"])
 
-    def queries() -> dict[str, int]:
-        return {
-            r: int(client.hget(f"{stack['namespace']}:replica:{r}", "prefix_queries") or 0)
-            for r in REPLICAS
-        }
-
     def settled() -> dict[str, int]:
-        """The counts once two heartbeats (0.5 s each) pass without a change: the load
+        """The counts once 1.1 s (several heartbeats) passes without a change: the load
         reports of earlier tests' requests have arrived."""
-        last = queries()
+        last = prefix_queries(client, stack["namespace"], REPLICAS)
         for _ in range(20):
             time.sleep(1.1)
-            now = queries()
+            now = prefix_queries(client, stack["namespace"], REPLICAS)
             if now == last:
                 return now
             last = now

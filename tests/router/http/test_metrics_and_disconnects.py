@@ -11,27 +11,12 @@ import time
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.router.http.stack import API_KEY, TINY_MODEL
+from tests.router.metrics_scrape import scrape, total
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 LONG = 900  # tokens: ~10 s of decoding on the tiny CPU model, far longer than the checks
-
-
-def _scrape(base: str) -> dict[str, float]:
-    """sample name{labels} -> value, after the official text parser accepted the page."""
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
-
-
-def _total(values: dict[str, float], name: str) -> float:
-    return sum(v for k, v in values.items() if k.startswith(name + "{"))
 
 
 def _root(stack) -> str:
@@ -56,7 +41,7 @@ def test_health_and_ready(stack):
 
 def test_metrics_parse_and_move_under_load(stack):
     root = _root(stack)
-    before = _scrape(root)
+    before = scrape(root)
     client = openai.OpenAI(base_url=stack.router.base_url, api_key=API_KEY, max_retries=0)
     running_seen = 0
 
@@ -70,11 +55,11 @@ def test_metrics_parse_and_move_under_load(stack):
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(one, seed) for seed in range(6)]
         while not all(f.done() for f in futures):
-            during = _scrape(root)
-            running_seen = max(running_seen, int(_total(during, "vllm:num_requests_running")))
+            during = scrape(root)
+            running_seen = max(running_seen, int(total(during, "vllm:num_requests_running")))
             time.sleep(0.1)
         generated = sum(f.result() for f in futures)
-    after = _scrape(root)
+    after = scrape(root)
     replica = "model_name=gpt-oss-tiny,pool=default,replica=replica-http"
     assert f"vllm:num_requests_running{{{replica}}}" in after
     assert f"vllm:kv_cache_usage_perc{{{replica}}}" in after
@@ -88,10 +73,10 @@ def test_metrics_parse_and_move_under_load(stack):
         assert after[f"{name}{{{model}}}"] - before.get(f"{name}{{{model}}}", 0) == 6
     tokens = "vllm:generation_tokens_total"
     assert after[f"{tokens}{{{model}}}"] - before.get(f"{tokens}{{{model}}}", 0) == generated
-    assert _total(after, "vllm:inter_token_latency_seconds_count") > _total(
+    assert total(after, "vllm:inter_token_latency_seconds_count") > total(
         before, "vllm:inter_token_latency_seconds_count"
     )
-    assert _total(after, "vllm:prefix_cache_queries_total") > _total(
+    assert total(after, "vllm:prefix_cache_queries_total") > total(
         before, "vllm:prefix_cache_queries_total"
     )
     ok = "endpoint=/v1/chat/completions,status=200"
