@@ -249,7 +249,8 @@ class Launcher:
             return
         self._redis_dir = Path(tempfile.mkdtemp(prefix="oss-serve-up-redis-"))
         try:
-            self.redis = LocalRedis(self._redis_dir).start()
+            # started before Ray or the router run any thread: see LocalRedis.end_with_parent
+            self.redis = LocalRedis(self._redis_dir, end_with_parent=True).start()
         except RuntimeError as err:
             raise LaunchError(str(err)) from err
         if self.redis.pid is not None:

@@ -27,15 +27,16 @@ START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 
 
-_HAS_PRCTL = sys.platform == "linux"
 PR_SET_PDEATHSIG = 1
+# looked up here, in the parent: the loader must not run between fork and exec
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def _end_with(parent_pid: int) -> None:
     """Run in the child before exec: SIGTERM when the thread that started it ends (Linux),
-    so a SIGKILLed `oss-serve up` leaves no Redis behind (Redis flushes its AOF on SIGTERM).
-    Hence start LocalRedis from a thread that lives as long as it should (the main one)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    so a SIGKILLed `oss-serve up` leaves no Redis behind (Redis flushes its AOF on SIGTERM)."""
+    assert _PRCTL is not None
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -78,10 +79,21 @@ class LocalRedis:
 
     host = "127.0.0.1"
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        appendonly: bool = True,
+        end_with_parent: bool = False,
+    ) -> None:
+        """`end_with_parent`: Redis gets SIGTERM when the starting thread ends (Linux). It
+        needs a child hook between fork and exec, which is only safe while the process has
+        no other threads: start it early, from the main thread (as `oss-serve up` does)."""
         self.data_dir = data_dir
         self.port = port or free_port(self.host)
         self.appendonly = appendonly
+        self.end_with_parent = end_with_parent and _PRCTL is not None
         self.binary = redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -114,7 +126,7 @@ class LocalRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=functools.partial(_end_with, os.getpid()) if _HAS_PRCTL else None,
+            preexec_fn=functools.partial(_end_with, os.getpid()) if self.end_with_parent else None,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -123,9 +135,10 @@ class LocalRedis:
                 return self
             if self.process.poll() is not None:
                 tail = log_file.read_text(errors="replace")[-500:] if log_file.exists() else ""
-                self.process = None
+                code, self.process = self.process.returncode, None
                 raise RuntimeError(
-                    f"redis-server exited at start-up on port {self.port}: {tail.strip()}"
+                    f"redis-server exited at start-up (code {code}) on port {self.port}: "
+                    f"{tail.strip()}"
                 )
             time.sleep(0.02)
         self.stop()
