@@ -12,6 +12,8 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY oss_serve/ oss_serve/
 COPY common/ common/
+COPY harmony/ harmony/
+COPY streams/ streams/
 COPY workers/ workers/
 COPY kernels/ kernels/
 COPY cluster/ cluster/
@@ -79,6 +81,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     OSS_SERVE_DEVICE=cuda
 USER 10001:10001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
-    CMD ["python", "-m", "oss_serve.cluster.replica_probe", "--max-age-s", "60"]
+    CMD ["python", "-m", "oss_serve.cluster.replica.probe", "--max-age-s", "60"]
 ENTRYPOINT ["oss-serve"]
 CMD ["replica"]

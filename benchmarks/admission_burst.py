@@ -38,7 +38,7 @@ class PerStepAdmission:
         return getattr(self._engine, name)
 
     def admission_capacity(self) -> Any:
-        from oss_serve.workers.admission import AdmissionCapacity
+        from oss_serve.workers.engine.admission import AdmissionCapacity
 
         engine = self._engine
         if engine._promised or engine.stats().waiting:
@@ -77,15 +77,15 @@ async def _burst(
 async def _run(args: argparse.Namespace, redis_url: str) -> dict[str, list[list[float]]]:
     import torch
 
-    from oss_serve.cluster.replica_queue import ReplicaQueue
-    from oss_serve.cluster.replica_service import ReplicaConfig, ReplicaService
-    from oss_serve.common.redis_keys import RedisKeys
+    from oss_serve.cluster.replica.queue import ReplicaQueue
+    from oss_serve.cluster.replica.service import ReplicaConfig, ReplicaService
     from oss_serve.common.settings import Settings
-    from oss_serve.router.queue.redis_client import connect
     from oss_serve.router.server import RouterServer
-    from oss_serve.workers.async_engine import AsyncEngine
-    from oss_serve.workers.engine_config import EngineConfig
-    from oss_serve.workers.sampling_params import SamplingParams
+    from oss_serve.streams.keys import RedisKeys
+    from oss_serve.streams.redis_client import connect
+    from oss_serve.workers.engine.async_engine import AsyncEngine
+    from oss_serve.workers.engine.engine_config import EngineConfig
+    from oss_serve.workers.engine.sampling_params import SamplingParams
 
     torch.set_num_threads(args.threads)
     engine = AsyncEngine(

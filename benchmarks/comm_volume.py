@@ -1,6 +1,6 @@
 """Bytes a TP/EP replica's collectives move per decode step, and their cost over NVLink vs PCIe.
 
-What the model code does (workers/model.py, activations replicated on every rank), per
+What the model code does (workers/model/model.py, activations replicated on every rank), per
 decode step of B tokens, hidden size H, bf16 activations:
 
 - each layer: one all-reduce of the attention output [B, H] over the TP group (o_proj is
@@ -98,7 +98,7 @@ def _memory_s(model: str, tp: int, batch: int) -> float:
 
 
 def rows(batches: list[int]) -> list[dict[str, Any]]:
-    from oss_serve.workers.config import PRESETS
+    from oss_serve.workers.model.config import PRESETS
 
     table = []
     for model in MODELS:

@@ -84,8 +84,8 @@ def make_prompts(count: int, seed: int, min_len: int, max_len: int) -> list[list
 
 
 def run_engine(folder: Path, prompts: list[list[int]], output_len: int) -> Result:
-    from oss_serve.workers.llm import LLM
-    from oss_serve.workers.sampling_params import SamplingParams
+    from oss_serve.workers.engine.llm import LLM
+    from oss_serve.workers.engine.sampling_params import SamplingParams
 
     llm = LLM(str(folder), dtype="float32", device="cpu", max_model_len=1024,
               kv_cache_memory=512 << 20, max_num_batched_tokens=4096,

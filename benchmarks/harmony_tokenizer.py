@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from oss_serve.common.vocab import o200k_harmony, use_vocab_dir
-from oss_serve.router.harmony import HarmonyStreamParser, parse_completion, render_chat_request
-from oss_serve.router.harmony import render as render_module
+from oss_serve.harmony import HarmonyStreamParser, parse_completion, render_chat_request
+from oss_serve.harmony import render as render_module
 
 _SAMPLE_TEXT = (
     "the model serves requests across replicas while the router keeps prefix caches warm "

@@ -29,7 +29,7 @@ from functools import partial
 import torch
 
 from oss_serve.benchmarks.gpu_catalog import CATALOG, GPUSpec
-from oss_serve.workers.config import PRESETS, ModelConfig
+from oss_serve.workers.model.config import PRESETS, ModelConfig
 
 GPUS = ("a100-80gb", "h100", "h200", "rtx4090")
 BF16 = 2  # bytes

@@ -19,7 +19,7 @@ def planner_model(served_name: str) -> str:
     """A served model name such as `openai/gpt-oss-120b` -> the preset it names, else as is."""
     from pathlib import Path
 
-    from oss_serve.workers.config import PRESETS
+    from oss_serve.workers.model.config import PRESETS
 
     if served_name in PRESETS or Path(served_name).exists():
         return served_name

@@ -103,7 +103,7 @@ class ModelShape:
     """What the planner needs of a model: its config and per-component bytes and params."""
 
     name: str
-    config: Any  # oss_serve.workers.config.ModelConfig
+    config: Any  # oss_serve.workers.model.config.ModelConfig
     component_params: dict[str, int]
     component_bytes: dict[str, int]
     active_params: int
@@ -112,8 +112,8 @@ class ModelShape:
 @functools.cache
 def model_shape(model: str, storage_format: Literal["mxfp4", "bf16"]) -> ModelShape:
     """Counts from `oss-serve inspect` (parameter_report on the meta device), cached."""
-    from oss_serve.workers.config import load_config
-    from oss_serve.workers.inspect import parameter_report
+    from oss_serve.workers.model.config import load_config
+    from oss_serve.workers.model.inspect import parameter_report
 
     config = load_config(model if not Path(model).exists() else Path(model))
     report = parameter_report(config, storage_format, model=model)
@@ -215,7 +215,7 @@ def kv_layout(config: Any, num_gpus: int, block_size: int, dtype_bytes: int) -> 
         raise ValueError(
             f"num-gpus {num_gpus} must divide the {config.num_key_value_heads} KV heads"
         )
-    from oss_serve.workers.attention_metadata import FULL_ATTENTION
+    from oss_serve.workers.model.attention_metadata import FULL_ATTENTION
 
     heads_per_gpu = config.num_key_value_heads // num_gpus
     per_token_layer = heads_per_gpu * config.head_dim * 2 * dtype_bytes  # K and V

@@ -15,9 +15,9 @@ import argparse
 import statistics
 import time
 
-from oss_serve.workers.engine_config import EngineConfig
-from oss_serve.workers.engine_core import EngineCore
-from oss_serve.workers.sampling_params import RequestOutputKind, SamplingParams
+from oss_serve.workers.engine.engine_config import EngineConfig
+from oss_serve.workers.engine.engine_core import EngineCore
+from oss_serve.workers.engine.sampling_params import RequestOutputKind, SamplingParams
 
 
 def _run(core: EngineCore, requests: int, max_tokens: int, tag: str) -> float:
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from oss_serve.cluster.pipelined_core import PipelinedEngineCore
-    from oss_serve.cluster.ray_executor import RayExecutor, RayReplicaOptions
+    from oss_serve.cluster.ray.executor import RayExecutor, RayReplicaOptions
+    from oss_serve.cluster.ray.pipelined_core import PipelinedEngineCore
 
     ray.init(include_dashboard=False, log_to_driver=False)
     config = EngineConfig(

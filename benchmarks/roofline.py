@@ -78,7 +78,7 @@ class Roofline:
         layers, experts = config.num_hidden_layers, config.num_local_experts
         self.expert_bytes = nbytes["experts"] / (layers * experts) / n
         self.active_expert_params = params["experts"] * config.num_experts_per_tok / experts / n
-        from oss_serve.workers.attention_metadata import FULL_ATTENTION
+        from oss_serve.workers.model.attention_metadata import FULL_ATTENTION
 
         self.full_layers = sum(1 for t in config.layer_types if t == FULL_ATTENTION)
         self.sliding_layers = layers - self.full_layers

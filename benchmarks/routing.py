@@ -33,7 +33,7 @@ from typing import Any
 from oss_serve.common.kv_hash import block_hashes
 from oss_serve.router.policies import Candidate, PrefixAware, RouteRequest
 from oss_serve.router.prefix_index import PrefixIndex, PromptBlocks
-from oss_serve.router.queue.registry import ReplicaLoad
+from oss_serve.streams.registry import ReplicaLoad
 
 BLOCK = 16
 
@@ -231,8 +231,8 @@ async def _run_policy(
 
     from oss_serve.common.settings import Settings
     from oss_serve.protos import inference_pb2_grpc
-    from oss_serve.router.queue.redis_client import connect
     from oss_serve.router.server import RouterServer
+    from oss_serve.streams.redis_client import connect
 
     redis = connect(procs.redis_url)
     name, _, measure = policy.partition(":")  # e.g. prefix_aware:kv_blocks = Dynamo's cost

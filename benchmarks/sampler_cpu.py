@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from oss_serve.workers.sampler import Sampler, SamplingRow
-from oss_serve.workers.sampling_params import SamplingParams
+from oss_serve.workers.engine.sampling_params import SamplingParams
+from oss_serve.workers.runner.sampler import Sampler, SamplingRow
 
 KINDS = {
     "greedy": SamplingParams(temperature=0),

@@ -13,13 +13,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY_EXPORTS: dict[str, str] = {
-    "LLM": "oss_serve.workers.llm",
-    "SamplingParams": "oss_serve.workers.sampling_params",
-    "RequestOutput": "oss_serve.workers.outputs",
-    "CompletionOutput": "oss_serve.workers.outputs",
-    "Logprob": "oss_serve.workers.outputs",
-    "AsyncEngine": "oss_serve.workers.async_engine",
-    "EngineConfig": "oss_serve.workers.engine_config",
+    "LLM": "oss_serve.workers.engine.llm",
+    "SamplingParams": "oss_serve.workers.engine.sampling_params",
+    "RequestOutput": "oss_serve.workers.engine.outputs",
+    "CompletionOutput": "oss_serve.workers.engine.outputs",
+    "Logprob": "oss_serve.workers.engine.outputs",
+    "AsyncEngine": "oss_serve.workers.engine.async_engine",
+    "EngineConfig": "oss_serve.workers.engine.engine_config",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]

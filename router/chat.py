@@ -11,9 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from oss_serve.protos import inference_pb2
-from oss_serve.router.errors import InvalidRequest
-from oss_serve.router.harmony import (
+from oss_serve.harmony import (
     ContentDelta,
     HarmonyEvent,
     HarmonyRequestError,
@@ -24,6 +22,8 @@ from oss_serve.router.harmony import (
     render_chat_request,
     stop_token_ids,
 )
+from oss_serve.protos import inference_pb2
+from oss_serve.router.errors import InvalidRequest
 from oss_serve.router.pipeline import GenerationRequest, RequestPipeline, TokenChunk
 from oss_serve.router.structured_output import chat_structured_output
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from oss_serve.common.logging import get_logger
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.router.policies import Candidate
 from oss_serve.router.prefix_index import PrefixIndex
-from oss_serve.router.queue.enqueue import undelivered
-from oss_serve.router.queue.redis_client import TRANSIENT_ERRORS
-from oss_serve.router.queue.registry import ReplicaLoad, read_registry
+from oss_serve.streams.backlog import undelivered
+from oss_serve.streams.keys import RedisKeys
+from oss_serve.streams.redis_client import TRANSIENT_ERRORS
+from oss_serve.streams.registry import ReplicaLoad, read_registry
 
 log = get_logger(__name__)
 

@@ -22,7 +22,7 @@ from oss_serve.router.chat import ChatChunk, ChatOptions, stream_chat
 from oss_serve.router.detokenize import Detokenizer
 from oss_serve.router.errors import InvalidRequest, Overloaded, RequestError
 from oss_serve.router.pipeline import GenerationRequest, RequestPipeline, TokenChunk
-from oss_serve.router.queue.records import lane_name
+from oss_serve.streams.records import lane_name
 
 
 class InferenceService(inference_pb2_grpc.InferenceServicer):

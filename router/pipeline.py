@@ -12,16 +12,16 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 
 from oss_serve.common.logging import get_logger
-from oss_serve.common.redis_keys import LANES, OVERFLOW
 from oss_serve.common.vocab import STOP_TOKEN_IDS
 from oss_serve.protos import inference_pb2, replica_link_pb2
 from oss_serve.router.admission import Admission
 from oss_serve.router.cluster_view import ClusterView
+from oss_serve.router.enqueue import ReplicaGone, RequestQueue
 from oss_serve.router.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -32,8 +32,9 @@ from oss_serve.router.errors import (
 from oss_serve.router.link import LinkEvent, LinkHub, OwnedRequest
 from oss_serve.router.policies import Candidate, RouteRequest, RoutingPolicy
 from oss_serve.router.prefix_index import PromptBlocks
-from oss_serve.router.queue.enqueue import ReplicaGone, RequestQueue
 from oss_serve.router.sampling import check_prompt, checked_sampling
+from oss_serve.streams.keys import LANES, OVERFLOW
+from oss_serve.streams.redis_client import RedisUnavailable
 
 log = get_logger(__name__)
 REPLICA_POLL_S = 0.1
@@ -92,6 +93,14 @@ class RequestPipeline:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
         """Stream the request's output; stopping iteration early cancels it everywhere."""
+        try:
+            async with aclosing(self._generate(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except RedisUnavailable as err:
+            raise Unavailable(f"the request queue is unreachable; retry shortly ({err})") from err
+
+    async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
         if request.lane not in LANES:
             raise InvalidRequest(f"lane must be one of {', '.join(LANES)}", field="lane")
         check_prompt(request.prompt_token_ids)

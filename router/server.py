@@ -16,20 +16,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from oss_serve.common.logging import get_logger
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.common.settings import Settings
+from oss_serve.common.tasks import stop_tasks
 from oss_serve.protos import inference_pb2, inference_pb2_grpc, replica_link_pb2_grpc
 from oss_serve.router.admission import Admission
-from oss_serve.router.background import stop_tasks
 from oss_serve.router.cluster_view import ClusterView
+from oss_serve.router.enqueue import RequestQueue
 from oss_serve.router.grpc_api import InferenceService
 from oss_serve.router.link import LinkHub
 from oss_serve.router.pipeline import PipelineConfig, RequestPipeline
 from oss_serve.router.policies import make_policy
 from oss_serve.router.prefix_index import PrefixIndex
-from oss_serve.router.queue.enqueue import RequestQueue
-from oss_serve.router.queue.kv_events import KvEventFollower
-from oss_serve.router.queue.redis_client import connect
+from oss_serve.streams.keys import RedisKeys
+from oss_serve.streams.kv_events import KvEventFollower
+from oss_serve.streams.redis_client import connect
 
 log = get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name

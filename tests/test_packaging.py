@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["common", "workers", "kernels", "cluster", "router", "protos", "benchmarks"]
+SUBPACKAGES = [
+    "common",
+    "harmony",
+    "streams",
+    "workers",
+    "kernels",
+    "cluster",
+    "router",
+    "protos",
+    "benchmarks",
+]
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -64,4 +74,4 @@ def test_every_subpackage_imports_from_the_wheel_in_a_clean_venv(wheel, tmp_path
     assert str(env_dir) in out
     shown = subprocess.check_output([python, "-m", "pip", "show", "-f", "oss-serve"], text=True)
     files = [line.strip() for line in shown.split("Files:")[1].splitlines() if line.strip()]
-    assert not [f for f in files if f.split("/")[0] in {"kernels", "router", "workers", "common"}]
+    assert not [f for f in files if f.split("/")[0] in {"kernels", "router", "workers", "common", "harmony", "streams"}]

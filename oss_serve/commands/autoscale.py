@@ -40,15 +40,15 @@ def autoscale(
     """Read queue depth and load from Redis and scale each pool's replicas in Kubernetes."""
     import redis
 
-    from oss_serve.cluster.autoscale_metrics import AutoscalerMetrics
-    from oss_serve.cluster.autoscaler import (
+    from oss_serve.cluster.autoscale.autoscaler import (
         Autoscaler,
         PolicyFileError,
         decisions_json,
         load_config,
         make_scaler,
     )
-    from oss_serve.common.redis_keys import RedisKeys
+    from oss_serve.cluster.autoscale.metrics import AutoscalerMetrics
+    from oss_serve.streams.keys import RedisKeys
 
     settings = settings_from_flags(config)
     if settings.redis_url is None:

@@ -73,8 +73,8 @@ def finetune(
         fail(f"--save-format must be hf-dense or hf-mxfp4, not {save_format!r}")
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
-    from oss_serve.workers.finetune import FinetuneConfig
-    from oss_serve.workers.finetune import finetune as run_finetune
+    from oss_serve.workers.training import FinetuneConfig
+    from oss_serve.workers.training import finetune as run_finetune
 
     try:
         result = run_finetune(

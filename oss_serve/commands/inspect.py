@@ -23,7 +23,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Count parameters (total and active per token) and bytes by component."""
-    from oss_serve.workers.inspect import report_for  # torch only when this command runs
+    from oss_serve.workers.model.inspect import report_for  # torch only when this command runs
 
     if weights_format not in ("auto", "mxfp4", "bf16", "fp32"):
         fail(f"--weights-format must be auto, mxfp4, bf16 or fp32, not {weights_format!r}")

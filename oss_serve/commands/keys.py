@@ -26,8 +26,8 @@ def _run(
     namespace: str | None,
     job: Callable[..., Awaitable[T]],
 ) -> T:
-    from oss_serve.common.redis_keys import RedisKeys
-    from oss_serve.router.queue.redis_client import connect
+    from oss_serve.streams.keys import RedisKeys
+    from oss_serve.streams.redis_client import connect
 
     settings = settings_from_flags(config, redis_url=redis_url, redis_namespace=namespace)
     if settings.redis_url is None:

@@ -45,7 +45,7 @@ def replica(
     expert_parallel_size: Annotated[int | None, typer.Option("--expert-parallel-size")] = None,
 ) -> None:
     """Run a model replica that serves the requests routed to it through Redis."""
-    from oss_serve.cluster.replica_host import run_replica
+    from oss_serve.cluster.replica.host import run_replica
 
     settings = settings_from_flags(
         config,

@@ -13,7 +13,7 @@ from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
 from oss_serve.common.logging import configure_logging
 
 if TYPE_CHECKING:
-    from oss_serve.cluster.up_console import UpConsole
+    from oss_serve.cluster.launch.console import UpConsole
 
 DEMO_MODEL_NAME = "oss-serve-demo"
 
@@ -34,8 +34,8 @@ def up(
     config: ConfigOption = None,
 ) -> None:
     """Start Redis, a local Ray runtime, the replicas and a router; Ctrl-C stops them all."""
-    from oss_serve.cluster.launcher import Launcher, LaunchError, check_ports, plan_launch
-    from oss_serve.cluster.up_console import UpConsole
+    from oss_serve.cluster.launch.console import UpConsole
+    from oss_serve.cluster.launch.launcher import Launcher, LaunchError, check_ports, plan_launch
 
     settings = settings_from_flags(
         config,
@@ -66,7 +66,10 @@ def up(
 
 def _demo_model(cache_dir: Path, console: UpConsole) -> Path:
     """The embedded demo model's folder (trained on first run in a child process, then cached)."""
-    from oss_serve.cluster.demo_model_process import DemoModelError, ensure_demo_model_in_child
+    from oss_serve.cluster.launch.demo_model_process import (
+        DemoModelError,
+        ensure_demo_model_in_child,
+    )
 
     console.note("demo model: looking in the cache (the first run trains it: a few minutes)")
     with tempfile.TemporaryDirectory(prefix="oss-serve-up-") as scratch:

@@ -18,7 +18,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from oss_serve.common.redis_keys import RedisKeys
+from oss_serve.streams.keys import RedisKeys
 
 KEY_PREFIX = "sk-oss-"
 LOCAL_KEY_ID = "local"

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.router.auth.keys import ApiKey
+from oss_serve.streams.keys import RedisKeys
 
 WINDOW_S = 60
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from oss_serve.common.redis_keys import RedisKeys
+from oss_serve.streams.keys import RedisKeys
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ from fastapi import Request
 from redis.asyncio import Redis
 
 from oss_serve.common.logging import get_logger
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.protos import inference_pb2
 from oss_serve.router.auth.keys import ApiKey, Authenticator
 from oss_serve.router.auth.limits import RateLimiter
@@ -19,6 +18,7 @@ from oss_serve.router.auth.usage import Usage, UsageRecorder
 from oss_serve.router.http.errors import ApiError
 from oss_serve.router.metrics import RequestTimer, RouterMetrics
 from oss_serve.router.pipeline import RequestPipeline, TokenChunk
+from oss_serve.streams.keys import RedisKeys
 
 log = get_logger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from oss_serve.harmony import HarmonyRequestError, render_responses_request
 from oss_serve.protos import inference_pb2
 from oss_serve.router.chat import ChatChunk, stream_harmony
-from oss_serve.router.harmony import HarmonyRequestError, render_responses_request
 from oss_serve.router.http.chat_api import check_counts, options_of
 from oss_serve.router.http.context import ApiContext, RequestTracker
 from oss_serve.router.http.errors import ApiError, invalid

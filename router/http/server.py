@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from oss_serve.common.logging import get_logger
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.common.settings import Settings
 from oss_serve.router.auth.keys import ApiKeyStore, Authenticator
 from oss_serve.router.auth.limits import RateLimiter
@@ -20,6 +19,7 @@ from oss_serve.router.auth.usage import UsageRecorder
 from oss_serve.router.http.app import create_app
 from oss_serve.router.http.context import ApiContext, ApiLimits
 from oss_serve.router.metrics import RouterMetrics
+from oss_serve.streams.keys import RedisKeys
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from oss_serve.router.errors import Unavailable
 from oss_serve.router.prefix_index import PromptBlocks
-from oss_serve.router.queue.registry import ReplicaLoad
+from oss_serve.streams.registry import ReplicaLoad
 
 
 @dataclass

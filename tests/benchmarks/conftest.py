@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from oss_serve.cluster.local_redis import free_port
+from oss_serve.cluster.launch.local_redis import free_port
 
 STUB_API_KEY = "stub-test-key"
 STUB_TTFT_MS = 80.0

@@ -9,8 +9,8 @@ import pytest
 from oss_serve.benchmarks.capacity import build_deployment, markdown_plan, plan_deployment
 from oss_serve.benchmarks.gpu_catalog import CATALOG, GIB, KIB, UnknownGPUError, get_gpu
 from oss_serve.benchmarks.planner import PlanOptions, scheduler_defaults
-from oss_serve.workers.config import PRESETS
-from oss_serve.workers.inspect import parameter_report
+from oss_serve.workers.model.config import PRESETS
+from oss_serve.workers.model.inspect import parameter_report
 
 pytestmark = pytest.mark.unit
 

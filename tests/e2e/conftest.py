@@ -14,7 +14,7 @@ def broken_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from oss_serve.workers.config import PRESETS
+    from oss_serve.workers.model.config import PRESETS
 
     folder = tmp_path_factory.mktemp("broken-checkpoint")
     (folder / "config.json").write_text(json.dumps(PRESETS["gpt-oss-tiny"].to_hf()))

@@ -24,7 +24,7 @@ import openai
 import psutil
 import pytest
 
-from oss_serve.workers.data.demo_corpus import PERSON_FORMAT, WEATHER_TOOL
+from oss_serve.workers.training.demo_corpus import PERSON_FORMAT, WEATHER_TOOL
 from tests.e2e.up_process import OSS_SERVE, UpProcess, left_behind
 from tests.router.metrics_scrape import scrape, total
 from tests.router.stack import generate

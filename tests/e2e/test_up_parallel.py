@@ -16,7 +16,7 @@ import openai
 import psutil
 import pytest
 
-from oss_serve.workers.data.demo_corpus import PERSON_FORMAT
+from oss_serve.workers.training.demo_corpus import PERSON_FORMAT
 from tests.e2e.test_up import MODEL, READY_TIMEOUT_S, user, weather_call
 from tests.e2e.up_process import UpProcess, left_behind
 

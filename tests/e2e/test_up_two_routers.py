@@ -17,7 +17,7 @@ import redis
 from oss_serve import LLM, SamplingParams
 from oss_serve.common.vocab import o200k_harmony
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
-from oss_serve.workers.demo_model import ensure_demo_model
+from oss_serve.workers.training.demo_model import ensure_demo_model
 from tests.e2e.test_up import MODEL, READY_TIMEOUT_S
 from tests.e2e.up_process import UpProcess, left_behind
 from tests.router.servers import RedisServer

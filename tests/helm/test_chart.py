@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from oss_serve.cluster.autoscaler import AutoscalerConfig
+from oss_serve.cluster.autoscale.autoscaler import AutoscalerConfig
 from tests.helm.render import (
     CHART,
     NAMESPACE,

@@ -7,7 +7,7 @@ import torch
 
 from oss_serve.benchmarks.gpu_catalog import CATALOG
 from oss_serve.benchmarks.kernels import Shapes, all_cases, measure_case, roofline_table
-from oss_serve.workers.config import PRESETS
+from oss_serve.workers.model.config import PRESETS
 
 pytestmark = pytest.mark.unit
 

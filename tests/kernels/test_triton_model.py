@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from oss_serve.kernels.backend import force_backend
-from oss_serve.workers.config import PRESETS
-from oss_serve.workers.model import ExpertsFormat, GptOss
-from oss_serve.workers.weights import init_random_weights
+from oss_serve.workers.model.config import PRESETS
+from oss_serve.workers.model.model import ExpertsFormat, GptOss
+from oss_serve.workers.model.weights import init_random_weights
 from tests.workers.gpt_oss_helpers import full_sequence_logprobs, paged_logprobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("triton_interpreter")]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from oss_serve.cluster.local_redis import LocalRedis, RedisNotFoundError, free_port
+from oss_serve.cluster.launch.local_redis import LocalRedis, RedisNotFoundError, free_port
 
 __all__ = ["RedisServer", "child_env", "free_port", "redis_server"]
 

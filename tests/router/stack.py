@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import redis
 
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
+from oss_serve.streams.keys import RedisKeys
 from tests.router.servers import free_port
 
 OSS_SERVE = [sys.executable, "-m", "oss_serve.cli"]

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 import torch
 
-from oss_serve.workers.attention_metadata import (
+from oss_serve.workers.model.attention_metadata import (
     FULL_ATTENTION,
     SLIDING_ATTENTION,
     AttentionMetadata,
     KVGroupMetadata,
 )
-from oss_serve.workers.model import GptOss
+from oss_serve.workers.model.model import GptOss
 
 
 def tiny_hf_config(seed: int, vocab_size: int | None = None, **overrides):

@@ -259,19 +259,19 @@ holds the GPUs); with gpus=true it is the whole replica (Deployment workload).
   # every replica keeps); loading weights may take minutes, hence the startup budget.
   startupProbe:
     exec:
-      command: ["python", "-m", "oss_serve.cluster.replica_probe", "--max-age-s", "60"]
+      command: ["python", "-m", "oss_serve.cluster.replica.probe", "--max-age-s", "60"]
     periodSeconds: 10
     timeoutSeconds: 5
     failureThreshold: 180
   livenessProbe:
     exec:
-      command: ["python", "-m", "oss_serve.cluster.replica_probe", "--max-age-s", "60"]
+      command: ["python", "-m", "oss_serve.cluster.replica.probe", "--max-age-s", "60"]
     periodSeconds: 30
     timeoutSeconds: 5
     failureThreshold: 3
   readinessProbe:
     exec:
-      command: ["python", "-m", "oss_serve.cluster.replica_probe", "--max-age-s", "30"]
+      command: ["python", "-m", "oss_serve.cluster.replica.probe", "--max-age-s", "30"]
     periodSeconds: 10
     timeoutSeconds: 5
   volumeMounts:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.router.auth.keys import ApiKeyStore
-from oss_serve.router.queue.redis_client import connect
+from oss_serve.streams.keys import RedisKeys
+from oss_serve.streams.redis_client import connect
 
 
 def add_key(redis_url: str, namespace: str, **limits: int) -> str:

@@ -10,11 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from oss_serve.cli import app
-from oss_serve.common.redis_keys import RedisKeys
 from oss_serve.router.auth.keys import ApiKey, ApiKeyStore, Authenticator, digest
 from oss_serve.router.auth.limits import RateLimiter
 from oss_serve.router.auth.usage import Usage, UsageRecorder
-from oss_serve.router.queue.redis_client import connect
+from oss_serve.streams.keys import RedisKeys
+from oss_serve.streams.redis_client import connect
 
 pytestmark = [pytest.mark.integration]
 

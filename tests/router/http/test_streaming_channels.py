@@ -13,8 +13,8 @@ import pytest
 from openai_harmony import HarmonyEncodingName, Role, StreamableParser, load_harmony_encoding
 
 from oss_serve.common.vocab import SPECIAL_TOKENS, STOP_TOKEN_IDS, use_vocab_dir
+from oss_serve.harmony import render_chat_request
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
-from oss_serve.router.harmony import render_chat_request
 from oss_serve.router.structured_output import chat_structured_output
 from tests.router.http.stack import API_KEY, TINY_MODEL
 

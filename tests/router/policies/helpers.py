@@ -1,6 +1,6 @@
 from oss_serve.router.policies import Candidate, RouteRequest
 from oss_serve.router.prefix_index import PromptBlocks
-from oss_serve.router.queue.registry import ReplicaLoad
+from oss_serve.streams.registry import ReplicaLoad
 
 BS = 4
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from oss_serve.workers.async_engine import AsyncEngine
+from oss_serve.workers.engine.async_engine import AsyncEngine
 
 
 async def stall_engine_thread(engine: AsyncEngine, timeout_s: float = 10.0) -> threading.Event:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from oss_serve import LLM, AsyncEngine, EngineConfig, SamplingParams
-from oss_serve.workers.sampling_params import InvalidRequestError
+from oss_serve.workers.engine.sampling_params import InvalidRequestError
 from tests.workers.engine.engine_stall import stall_engine_thread
 
 pytestmark = pytest.mark.unit

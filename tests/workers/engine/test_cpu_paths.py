@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.workers.attention_metadata import AttentionMetadata
-from oss_serve.workers.checkpoint import save_checkpoint
-from oss_serve.workers.config import PRESETS
-from oss_serve.workers.engine_config import EngineConfig
-from oss_serve.workers.executor import LocalExecutor
-from oss_serve.workers.model import GptOss
-from oss_serve.workers.weights import init_random_weights
+from oss_serve.workers.engine.engine_config import EngineConfig
+from oss_serve.workers.model.attention_metadata import AttentionMetadata
+from oss_serve.workers.model.checkpoint import save_checkpoint
+from oss_serve.workers.model.config import PRESETS
+from oss_serve.workers.model.model import GptOss
+from oss_serve.workers.model.weights import init_random_weights
+from oss_serve.workers.runner.executor import LocalExecutor
 
 pytestmark = pytest.mark.unit
 SMALL = PRESETS["gpt-oss-tiny"].with_(

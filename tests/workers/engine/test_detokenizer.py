@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from oss_serve.common.vocab import END, START, o200k_harmony
-from oss_serve.workers.detokenizer import IncrementalDetokenizer
+from oss_serve.workers.engine.detokenizer import IncrementalDetokenizer
 
 pytestmark = pytest.mark.unit
 

@@ -7,8 +7,8 @@ import torch
 
 from oss_serve import LLM, SamplingParams
 from oss_serve.common.kv_hash import block_hashes
-from oss_serve.workers.logits_processors import RequestLogitsProcessor
-from oss_serve.workers.sampling_params import InvalidRequestError
+from oss_serve.workers.engine.sampling_params import InvalidRequestError
+from oss_serve.workers.runner.logits_processors import RequestLogitsProcessor
 
 pytestmark = pytest.mark.unit
 PROMPT = list(range(10, 60))
@@ -106,8 +106,8 @@ def test_unknown_engine_argument_is_named(tiny_checkpoint):
 
 def test_tensor_parallel_without_the_cluster_executor_is_a_clear_error(tiny_checkpoint):
     # LLM(tensor_parallel_size=2) runs on Ray (tests/cluster); the in-process executor refuses
-    from oss_serve.workers.engine_config import EngineConfig
-    from oss_serve.workers.executor import LocalExecutor
+    from oss_serve.workers.engine.engine_config import EngineConfig
+    from oss_serve.workers.runner.executor import LocalExecutor
 
     with pytest.raises(ValueError, match="tensor_parallel_size"):
         LocalExecutor(EngineConfig(model=str(tiny_checkpoint[1]), tensor_parallel_size=2))

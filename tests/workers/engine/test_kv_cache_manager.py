@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from oss_serve.common.kv_hash import block_hashes
-from oss_serve.workers.block_pool import BlockPool, StoredBlock
-from oss_serve.workers.kv_cache_manager import KVCacheManager
-from oss_serve.workers.kv_cache_spec import KVCacheSpec, KVGroupSpec
-from oss_serve.workers.request import Request
-from oss_serve.workers.sampling_params import SamplingParams
+from oss_serve.workers.engine.block_pool import BlockPool, StoredBlock
+from oss_serve.workers.engine.kv_cache_manager import KVCacheManager
+from oss_serve.workers.engine.kv_cache_spec import KVCacheSpec, KVGroupSpec
+from oss_serve.workers.engine.request import Request
+from oss_serve.workers.engine.sampling_params import SamplingParams
 
 pytestmark = pytest.mark.unit
 BLOCK = 4

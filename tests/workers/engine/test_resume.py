@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from oss_serve import LLM, AsyncEngine, EngineConfig, SamplingParams
-from oss_serve.workers.outputs import RequestOutput
-from oss_serve.workers.sampling_params import InvalidRequestError, RequestOutputKind
+from oss_serve.workers.engine.outputs import RequestOutput
+from oss_serve.workers.engine.sampling_params import InvalidRequestError, RequestOutputKind
 
 pytestmark = pytest.mark.unit
 PROMPT = list(range(30, 75))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oss_serve.workers.kv_cache_manager import KVCacheManager
-from oss_serve.workers.kv_cache_spec import KVCacheSpec, KVGroupSpec
-from oss_serve.workers.request import Request, RequestStatus
-from oss_serve.workers.sampling_params import SamplingParams
-from oss_serve.workers.scheduler import Scheduler, SchedulerConfig
-from oss_serve.workers.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from oss_serve.workers.engine.kv_cache_manager import KVCacheManager
+from oss_serve.workers.engine.kv_cache_spec import KVCacheSpec, KVGroupSpec
+from oss_serve.workers.engine.request import Request, RequestStatus
+from oss_serve.workers.engine.sampling_params import SamplingParams
+from oss_serve.workers.engine.scheduler import Scheduler, SchedulerConfig
+from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 pytestmark = pytest.mark.unit
 SPEC = KVCacheSpec(

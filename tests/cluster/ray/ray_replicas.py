@@ -1,0 +1,60 @@
+"""Ray replicas for the cluster tests: a checkpoint with clear greedy argmaxes, and
+replicas started lazily by layout name, shared by a module's tests (Ray: conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oss_serve.cluster.ray.engine import RayReplica
+from oss_serve.cluster.ray.executor import RayReplicaOptions
+from oss_serve.workers.engine.engine_config import EngineConfig
+from oss_serve.workers.model.checkpoint import save_checkpoint
+from oss_serve.workers.model.config import ModelConfig
+from oss_serve.workers.model.model import GptOss
+from oss_serve.workers.model.weights import init_random_weights
+
+Layout = tuple[int, int, bool]  # tensor_parallel_size, expert_parallel_size, experts over all
+
+
+def write_checkpoint(config: ModelConfig, folder: Path, seed: int) -> Path:
+    """An HF-MXFP4 checkpoint (safetensors) with weights large enough for clear argmaxes."""
+    model = GptOss(config, experts_format="dense", dtype=torch.float32)
+    init_random_weights(model, seed=seed, std=0.2)
+    save_checkpoint(model, config, folder, format="hf-mxfp4")
+    return folder
+
+
+class ReplicaPool:
+    """RayReplicas of one checkpoint, started on first use and shut down together."""
+
+    def __init__(
+        self, checkpoint: Path, engine_args: dict[str, Any], layouts: dict[str, Layout]
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.engine_args = engine_args
+        self.layouts = layouts
+        self.started: dict[str, RayReplica] = {}
+
+    async def get(self, name: str) -> RayReplica:
+        if name not in self.started:
+            tp, ep, across = self.layouts[name]
+            config = EngineConfig(
+                model=str(self.checkpoint),
+                tensor_parallel_size=tp,
+                expert_parallel_size=ep,
+                **self.engine_args,
+            )
+            options = RayReplicaOptions(
+                experts_across_all_ranks=across, cpus_per_rank=0.5, step_timeout_s=60
+            )
+            replica = RayReplica(config, options=options, health_interval_s=0.5)
+            await replica.start()
+            self.started[name] = replica
+        return self.started[name]
+
+    async def shutdown(self) -> None:
+        for replica in self.started.values():
+            await replica.shutdown()

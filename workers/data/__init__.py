@@ -1,1 +1,0 @@
-"""Bundled training data: the synthetic corpus the embedded demo model learns from."""

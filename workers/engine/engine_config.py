@@ -1,0 +1,63 @@
+"""Everything that shapes one engine, in one dataclass (vLLM's argument names where they exist)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from oss_serve.workers.engine.block_pool import KVCacheEvent
+from oss_serve.workers.engine.sampling_params import InvalidRequestError
+
+KVEventSink = Callable[[list[KVCacheEvent]], None]
+
+DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None  # checkpoint folder or preset name
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    experts_format: str = "auto"  # auto (the checkpoint's) | dense | mxfp4
+    device: str = "auto"  # auto | cpu | cuda[:i]
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    # keep the sliding window before every N-th token cached too (0 = only the prompt's end)
+    sliding_retention_interval: int = 0
+    gpu_memory_utilization: float = 0.9
+    kv_cache_memory: int | None = None  # bytes of KV cache (CPU; overrides the GPU fraction)
+    num_kv_blocks: int | None = None  # exact pool size (tests); overrides the memory budget
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    enable_chunked_prefill: bool = True
+    long_prefill_token_threshold: int = 0
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    expert_parallel_size: int = 1
+    kv_event_sink: KVEventSink | None = None
+    skip_tokenizer_init: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "max_num_batched_tokens", "max_num_seqs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.tensor_parallel_size < 1 or self.expert_parallel_size < 1:
+            raise ValueError("tensor_parallel_size and expert_parallel_size must be >= 1")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        """Build from keyword arguments; an unknown one is an error naming it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown engine argument(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                field=unknown[0],
+            )
+        return cls(**kwargs)

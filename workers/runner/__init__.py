@@ -1,0 +1,1 @@
+"""The model runner: batch inputs, the forward pass, sampling and structured-output masks."""

@@ -1,0 +1,139 @@
+"""Runs one scheduled step on the model: inputs -> forward -> logits -> sampled tokens.
+
+Split by concern: request bookkeeping (input_batch.py), tensor preparation
+(input_preparation.py), the forward here, token choice in sampler.py. Sampling is a
+deterministic function of the logits and (seed, output index), so every tensor-parallel
+rank may run the whole step and agree on the tokens without a broadcast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from oss_serve.workers.engine.kv_cache_spec import KVCacheSpec
+from oss_serve.workers.engine.scheduler_output import (
+    ModelRunnerOutput,
+    PromptLogprobsChunk,
+    SchedulerOutput,
+    TokenLogprobs,
+)
+from oss_serve.workers.runner.input_batch import CachedRequestState, RequestStates
+from oss_serve.workers.runner.input_preparation import ModelInputs, prepare_inputs
+from oss_serve.workers.runner.sampler import Sampler, SamplingRow, gather_logprobs
+from oss_serve.workers.runner.workspace import Workspace
+
+PROMPT_LOGPROB_ROWS_PER_CHUNK = 256  # bounds the [rows, vocab] logits held at once
+
+
+@dataclass
+class RunnerTimings:
+    """Seconds spent per phase since start: the CPU overhead is everything but the forward."""
+
+    prepare_s: float = 0.0
+    forward_s: float = 0.0
+    sample_s: float = 0.0
+
+
+class ModelRunner:
+    def __init__(self, model: Any, spec: KVCacheSpec, device: torch.device | str) -> None:
+        self.model = model
+        self.spec = spec
+        self.device = torch.device(device)
+        self.states = RequestStates()
+        self.workspace = Workspace()  # CPU: big per-step tensors reused across steps
+        self.sampler = Sampler(self.workspace)
+        self.kv_caches: list[torch.Tensor] = []
+        self.timings = RunnerTimings()
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        """One tensor per layer rank-in-group; layer j of each group shares tensor j."""
+        shape = (2, num_blocks, self.spec.block_size, self.spec.num_kv_heads, self.spec.head_dim)
+        tensors = [
+            torch.zeros(shape, dtype=self.spec.dtype, device=self.device)
+            for _ in range(self.spec.num_layer_tensors)
+        ]
+        self.kv_caches = [tensors[i] for i in self.spec.layer_tensor_index()]
+
+    @torch.inference_mode()
+    def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput:
+        self.states.update(scheduled)
+        if scheduled.is_empty:
+            return ModelRunnerOutput()
+        started = time.perf_counter()
+        inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
+        prepared = time.perf_counter()
+        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        forwarded = time.perf_counter()
+        output = ModelRunnerOutput(
+            request_ids=inputs.request_ids,
+            sampled_token_ids=[[] for _ in inputs.request_ids],
+            logprobs=[None] * len(inputs.request_ids),
+        )
+        self._sample(hidden, inputs, output)
+        self._prompt_logprobs(hidden, inputs, output)
+        self.timings.prepare_s += prepared - started
+        self.timings.forward_s += forwarded - prepared
+        self.timings.sample_s += time.perf_counter() - forwarded
+        return output
+
+    def _sample(self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput) -> None:
+        if not inputs.sample_rows:
+            return
+        rows = torch.tensor(inputs.sample_rows, device=hidden.device)
+        logits = self._sampling_logits(hidden[rows])
+        states = [self.states[r] for r in inputs.sample_request_ids]
+        result = self.sampler(logits, [_sampling_row(s) for s in states])
+        batch_index = {r: i for i, r in enumerate(inputs.request_ids)}
+        for state, token_id, logprobs in zip(
+            states, result.token_ids, result.logprobs, strict=True
+        ):
+            state.token_ids.append(token_id)
+            for processor in state.processors:
+                processor.accept_token(token_id)
+            row = batch_index[state.request_id]
+            output.sampled_token_ids[row] = [token_id]
+            output.logprobs[row] = logprobs
+
+    def _sampling_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits on the CPU; there, written into a buffer kept across steps (the
+        sampler edits them in place and keeps no reference)."""
+        if self.device.type != "cpu":
+            return self.model.compute_logits(hidden).float().cpu()
+        vocab = int(self.model.config.vocab_size)
+        buffer = self.workspace.take("logits", hidden.shape[0], vocab, torch.float32, self.device)
+        return self.model.compute_logits(hidden, out=buffer).float()
+
+    def _prompt_logprobs(
+        self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput
+    ) -> None:
+        for span in inputs.prompt_logprob_spans:
+            state = self.states[span.request_id]
+            top_k = state.sampling_params.prompt_logprobs or 0
+            entries: list[TokenLogprobs] = []
+            for offset in range(0, span.count, PROMPT_LOGPROB_ROWS_PER_CHUNK):
+                count = min(PROMPT_LOGPROB_ROWS_PER_CHUNK, span.count - offset)
+                first = span.first_row + offset
+                logits = self.model.compute_logits(hidden[first : first + count]).float().cpu()
+                position = span.start_position + offset
+                targets = torch.tensor(state.token_ids[position : position + count])
+                entries += gather_logprobs(torch.log_softmax(logits, dim=-1), targets, top_k)
+            output.prompt_logprobs[span.request_id] = PromptLogprobsChunk(
+                span.start_position, entries
+            )
+
+
+def _sampling_row(state: CachedRequestState) -> SamplingRow:
+    return SamplingRow(
+        params=state.sampling_params,
+        seed=state.seed,
+        token_ids=state.token_ids,
+        num_prompt_tokens=state.num_prompt_tokens,
+        eos_token_ids=state.eos_token_ids,
+        processors=state.processors,
+    )
