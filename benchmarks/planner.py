@@ -19,7 +19,7 @@ Modelled on how vLLM (v1) sizes its KV cache, so that the numbers read like its 
 Where this differs from vLLM: it estimates what vLLM measures (peak activation, non-torch
 memory, CUDA graphs) from shapes, and counts weights in the checkpoint's layout, while
 vLLM's MXFP4 kernels pad expert dimensions (2880 -> 3072), so vLLM reports ~4 GiB more
-for gpt-oss-120b. See /work/notes/issue-13.md.
+for gpt-oss-120b.
 """
 
 from __future__ import annotations

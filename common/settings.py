@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     block_size: int = 16
     enable_prefix_caching: bool = True
 
-    # --- Ray replicas: TP/EP actor groups (issue 8) -------------------------------------------
+    # --- Ray replicas: TP/EP actor groups -------------------------------------------
     ray_address: str | None = None  # "auto" / "ray://host:10001": join a cluster; None = local Ray
     ray_placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = (
         "STRICT_PACK"  # one node per replica (NVLink); PACK/SPREAD may span nodes
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     api_key: SecretStr | None = None
 
-    # --- routing, queues, replicas (issue 9) ----------------------------------------------------
+    # --- routing, queues, replicas ----------------------------------------------------
     routing_policy: Literal["round_robin", "least_load", "prefix_aware"] = "prefix_aware"
     advertise_host: str | None = None  # how replicas reach this router's gRPC port (default host)
     prefix_overlap_weight: float = 1.0  # cost of one uncached prompt block vs one block of load
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = 256  # replica engine: max running sequences (vLLM's --max-num-seqs)
     max_num_batched_tokens: int = 2048  # replica engine: token budget per step
 
-    # --- OpenAI HTTP API, keys, limits (issue 10) --------------------------------------------------
+    # --- OpenAI HTTP API, keys, limits --------------------------------------------------
     http_api: bool = True  # serve the HTTP API beside gRPC in `oss-serve router`
     require_api_key: bool = (
         False  # require a key (from `oss-serve keys add`) even without --api-key

@@ -150,10 +150,6 @@ class RouterServer:
         await self.redis.aclose()
         log.info("router stopped", router_id=self.router_id)
 
-    async def wait_closed(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
 
 async def run_router(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then stop gracefully."""

@@ -74,4 +74,8 @@ def test_every_subpackage_imports_from_the_wheel_in_a_clean_venv(wheel, tmp_path
     assert str(env_dir) in out
     shown = subprocess.check_output([python, "-m", "pip", "show", "-f", "oss-serve"], text=True)
     files = [line.strip() for line in shown.split("Files:")[1].splitlines() if line.strip()]
-    assert not [f for f in files if f.split("/")[0] in {"kernels", "router", "workers", "common", "harmony", "streams"}]
+    assert not [
+        f
+        for f in files
+        if f.split("/")[0] in {"kernels", "router", "workers", "common", "harmony", "streams"}
+    ]

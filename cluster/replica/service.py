@@ -2,8 +2,8 @@
 stream output to the owning router, acknowledge when finished.
 
 The replica is a host for any engine with the AsyncEngine interface (`ReplicaEngine`):
-a single-process AsyncEngine here; the cluster issue swaps in a Ray TP/EP replica by
-passing another object with the same methods. Nothing here imports Ray or torch.
+a single-process AsyncEngine, or a TP/EP replica whose ranks are Ray actors
+(cluster/ray/engine.py) with the same methods. Nothing here imports Ray or torch.
 
 Per request: Start handshake with the owning router (which answers with the tokens its
 client already has), generate from prompt + those tokens, send Tokens with their output

@@ -30,7 +30,3 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error and exit with `code` (2 = usage / not available)."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
-
-
-def not_implemented(command: str, issue: str) -> NoReturn:
-    fail(f'`oss-serve {command}` is not implemented yet (tracked by the issue "{issue}").')

@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from oss_serve.router.errors import RequestError
-from oss_serve.router.http.errors import ApiError, from_request_error
+from oss_serve.router.http.errors import from_request_error
 
 T = TypeVar("T")
 DONE = b"data: [DONE]\n\n"
@@ -84,10 +84,6 @@ async def _disconnected(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def client_gone_error() -> ApiError:
-    return ApiError(499, "client closed the request", error_type="client_closed_request")
 
 
 async def merged(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:

@@ -1,4 +1,4 @@
-"""What the engine reports about itself (the API issue publishes these under vLLM's names).
+"""What the engine reports about itself (the router publishes these under vLLM's names).
 
 `EngineStats` is a snapshot: gauges (running, waiting, KV usage) and counters since start
 (prefix-cache queries/hits in tokens, preemptions, prompt/generation tokens, steps and

@@ -47,10 +47,6 @@ class AttentionMetadata:
     def num_seqs(self) -> int:
         return int(self.seq_lens.shape[0])
 
-    @property
-    def has_kv_cache(self) -> bool:
-        return bool(self.groups)
-
     @classmethod
     def for_full_sequences(
         cls, seq_lens: Sequence[int], device: torch.device | str = "cpu"

@@ -1,7 +1,7 @@
 """Where the model runs: the engine core talks to an Executor, never to the model directly.
 
-`LocalExecutor` holds the model and one ModelRunner in this process. The cluster issue
-plugs in an executor that ships each SchedulerOutput to a replica's Ray actors (one
+`LocalExecutor` holds the model and one ModelRunner in this process; `RayExecutor`
+(cluster/ray/executor.py) ships each SchedulerOutput to a replica's Ray actors (one
 ModelRunner per rank) and returns rank 0's ModelRunnerOutput; the engine does not change.
 """
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,16 +167,6 @@ def pack(
     if current:
         groups.append(current)
     return groups
-
-
-def epoch_batches(
-    sequences: Sequence[TrainingSequence],
-    max_batch_tokens: int,
-    rng: random.Random | None,
-    token_map: torch.Tensor | None,
-) -> Iterator[Batch]:
-    for group in pack(sequences, max_batch_tokens, rng):
-        yield make_batch(group, token_map)
 
 
 def drop_long(
