@@ -17,7 +17,6 @@ from typing import Any
 from oss_serve.benchmarks.capacity import plan_deployment
 from oss_serve.benchmarks.gpu_catalog import GIB
 from oss_serve.benchmarks.planner import PlanOptions
-from oss_serve.benchmarks.report import markdown_table
 
 SOURCES_FILE = Path(__file__).with_name("vllm_startup_logs.json")
 TOLERANCE = 0.05
@@ -101,20 +100,17 @@ def check_sources(path: Path = SOURCES_FILE) -> list[FigureCheck]:
 
 
 def sources_markdown(checks: list[FigureCheck]) -> str:
-    header = ["source", "deployment", "figure", "published", "planner", "error", "within 5 %"]
-    body = [
-        [
-            f"[{check.source_id}]({check.url})",
-            check.deployment,
-            FIGURE_NAMES[check.figure],
-            f"{check.published:g}",
-            f"{check.predicted:.2f}",
-            f"{check.error:+.1%} of the {check.basis}",
-            "yes" if check.ok else "NO",
-        ]
-        for check in checks
-    ]
-    return (
+    lines = [
         "Planner (engine vllm) against vLLM start-up logs of gpt-oss "
-        "(benchmarks/vllm_startup_logs.json)\n\n" + markdown_table(header, body) + "\n"
-    )
+        "(benchmarks/vllm_startup_logs.json)",
+        "",
+        "| source | deployment | figure | published | planner | error | within 5 % |",
+        "| --- | --- | --- | ---: | ---: | --- | --- |",
+    ]
+    for check in checks:
+        lines.append(
+            f"| [{check.source_id}]({check.url}) | {check.deployment} "
+            f"| {FIGURE_NAMES[check.figure]} | {check.published:g} | {check.predicted:.2f} "
+            f"| {check.error:+.1%} of the {check.basis} | {'yes' if check.ok else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
