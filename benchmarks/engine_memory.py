@@ -74,6 +74,7 @@ class EngineMemory:
     non_torch_bytes: int  # CUDA context, workspaces, collective buffers
     cuda_graph_bytes: int
     kv_bytes: int  # what the engine gives the KV cache (negative: nothing fits)
+    kv_cache_dtype: str  # fp8 | bf16 | fp16
     block_bytes: int  # one block id across every layer tensor of a rank
     num_groups: int  # KV groups (full attention, sliding window) sharing the block pool
     block_size: int

@@ -22,7 +22,7 @@ matrices differently, which `vllm_memory.py` counts.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -319,7 +319,7 @@ def weights_path(
         raise ValueError(
             f"moe-backend: {moe_backend!r} is not auto or one of {', '.join(MXFP4_BACKENDS)}"
         )
-    backend: MoEBackend = gpu.moe_backend if moe_backend == "auto" else moe_backend  # type: ignore[assignment]
+    backend = gpu.moe_backend if moe_backend == "auto" else cast(MoEBackend, moe_backend)
     return WeightsPath(
         "mxfp4",
         backend,

@@ -72,6 +72,7 @@ def oss_serve_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> E
         non_torch_bytes=CUDA_CONTEXT_BYTES,
         cuda_graph_bytes=0,
         kv_bytes=kv_bytes,
+        kv_cache_dtype="bf16" if gpu.has_bf16 else "fp16",
         block_bytes=spec.bytes_per_block,
         num_groups=len(spec.groups),
         block_size=spec.block_size,

@@ -154,19 +154,13 @@ def engine_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> Engi
     return vllm_memory(shape, gpu, options)
 
 
-def kv_dtype_name(gpu: GPUSpec, options: PlanOptions) -> str:
-    if options.engine == "vllm" and options.kv_cache_dtype == "fp8" and gpu.native_fp8:
-        return "fp8"
-    return "bf16" if gpu.has_bf16 else "fp16"
-
-
 def plan_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> MemoryPlan:
     """Where each GPU's memory goes, and how many max-length requests the KV cache holds."""
     config = shape.config
     n = options.num_gpus
     path = weights_path(gpu, options.weights, options.moe_backend)
     memory = engine_memory(shape, gpu, options)
-    kv_dtype = kv_dtype_name(gpu, options)
+    kv_dtype = memory.kv_cache_dtype
     layout = kv_layout(config, n, options.block_size, 1 if kv_dtype == "fp8" else 2)
     max_len = _max_model_len(config, options)
     blocks = memory.usable_blocks

@@ -161,12 +161,13 @@ def vllm_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> Engine
     default_tokens, default_seqs = scheduler_defaults(gpu)
     batched = options.max_num_batched_tokens or default_tokens
     seqs = options.max_num_seqs or default_seqs
-    kv_dtype_bytes = 1 if options.kv_cache_dtype == "fp8" and gpu.native_fp8 else 2
+    fp8_kv = options.kv_cache_dtype == "fp8" and gpu.native_fp8
+    kv_dtype = "fp8" if fp8_kv else "bf16" if gpu.has_bf16 else "fp16"
     total = gpu.cuda_total_bytes
     forward = batched * forward_bytes_per_token(config, backend, n)
     sampler = min(seqs, batched) * config.vocab_size * SAMPLER_BYTES_PER_LOGIT
     group_size, windows = _kv_groups(config)
-    page = options.block_size * (config.num_key_value_heads // n) * config.head_dim * 2
+    page_values = options.block_size * (config.num_key_value_heads // n) * config.head_dim * 2
     block_size = options.block_size
 
     def blocks_for(tokens: int) -> int:
@@ -188,7 +189,8 @@ def vllm_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> Engine
         non_torch_bytes=non_torch,
         cuda_graph_bytes=0,
         kv_bytes=usable - weights - forward - sampler - non_torch,
-        block_bytes=page * kv_dtype_bytes * group_size,
+        kv_cache_dtype=kv_dtype,
+        block_bytes=page_values * (1 if fp8_kv else 2) * group_size,
         num_groups=len(windows),
         block_size=block_size,
         usable_block_offset=0,

@@ -74,12 +74,13 @@ def test_bench_sweep_writes_json_markdown_and_plots_then_compare(stub_url, tmp_p
 def test_bench_plan_check_prints_prediction_beside_measurement(stub_url):
     result = _bench(
         stub_url, "--concurrency", "2", "--num-requests", "4", "--json",
-        "--plan-check", "--gpu", "h100",
+        "--plan-check", "--gpu", "h100", "--plan-engine", "oss-serve",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     (row,) = document["plan_check"]["rows"]
     assert document["plan_check"]["model"] == "gpt-oss-20b"
+    assert document["plan_check"]["engine"] == "oss-serve"
     assert 1.5 < row["achieved_concurrency"] <= 2.05
     assert row["measured_tpot_ms"] == pytest.approx(20.0, abs=2)
     assert row["predicted_tpot_ms"] > 0 and row["predicted_output_tokens_per_s"] > 0
