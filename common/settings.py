@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         "STRICT_PACK"  # one node per replica (NVLink); PACK/SPREAD may span nodes
     )
     experts_across_all_ranks: bool = False  # split experts over every rank (vLLM-style EP)
+    # run the engine as Ray rank actors also for TP x EP = 1 (the chart's RayCluster mode:
+    # the GPUs belong to the Ray worker container, not to the `oss-serve replica` driver)
+    ray_engine: bool = False
 
     # --- redis ---------------------------------------------------------------------------------
     redis_url: SecretStr | None = None  # may embed a password: kept secret
