@@ -38,6 +38,8 @@ class EngineConfig:
     expert_parallel_size: int = 1
     kv_event_sink: KVEventSink | None = None
     skip_tokenizer_init: bool = False
+    # schedule step N+1 while step N runs (None: on when a local model runs on CUDA)
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs"):

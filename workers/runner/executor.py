@@ -7,6 +7,7 @@ ModelRunner per rank) and returns rank 0's ModelRunnerOutput; the engine does no
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,6 +124,7 @@ class LocalExecutor:
             tp_size=parallel.tp_size,
         )
         self.runner = ModelRunner(self.model, self._spec, self.device)
+        self._steps: ThreadPoolExecutor | None = None  # the runner's thread (async scheduling)
 
     def kv_cache_spec(self) -> KVCacheSpec:
         return self._spec
@@ -163,5 +165,15 @@ class LocalExecutor:
     def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute_model(scheduled)
 
+    def submit(self, scheduled: SchedulerOutput) -> Future[ModelRunnerOutput]:
+        """Queue a step on the runner's own thread; steps run one at a time, in order, so
+        the caller schedules the next step while this one runs (async scheduling)."""
+        if self._steps is None:
+            self._steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-runner")
+        return self._steps.submit(self.runner.execute_model, scheduled)
+
     def shutdown(self) -> None:
+        if self._steps is not None:
+            self._steps.shutdown(wait=True, cancel_futures=True)
+            self._steps = None
         self.runner.kv_caches = []

@@ -31,7 +31,9 @@ PROMPT_LOGPROB_ROWS_PER_CHUNK = 256  # bounds the [rows, vocab] logits held at o
 
 @dataclass
 class RunnerTimings:
-    """Seconds spent per phase since start: the CPU overhead is everything but the forward."""
+    """Seconds spent per phase since start: the CPU overhead is everything but the forward.
+    On CUDA nothing waits for the forward (kernels are queued): the wait falls in sample_s,
+    where the sampled ids come back to the host."""
 
     prepare_s: float = 0.0
     forward_s: float = 0.0
@@ -67,8 +69,6 @@ class ModelRunner:
         inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
         prepared = time.perf_counter()
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
         forwarded = time.perf_counter()
         output = ModelRunnerOutput(
             request_ids=inputs.request_ids,
@@ -101,10 +101,10 @@ class ModelRunner:
             output.logprobs[row] = logprobs
 
     def _sampling_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits on the CPU; there, written into a buffer kept across steps (the
-        sampler edits them in place and keeps no reference)."""
+        """fp32 logits where the model runs (the sampler runs there too); on the CPU written
+        into a buffer kept across steps (the sampler edits them in place, keeps no reference)."""
         if self.device.type != "cpu":
-            return self.model.compute_logits(hidden).float().cpu()
+            return self.model.compute_logits(hidden).float()
         vocab = int(self.model.config.vocab_size)
         buffer = self.workspace.take("logits", hidden.shape[0], vocab, torch.float32, self.device)
         return self.model.compute_logits(hidden, out=buffer).float()
@@ -119,7 +119,7 @@ class ModelRunner:
             for offset in range(0, span.count, PROMPT_LOGPROB_ROWS_PER_CHUNK):
                 count = min(PROMPT_LOGPROB_ROWS_PER_CHUNK, span.count - offset)
                 first = span.first_row + offset
-                logits = self.model.compute_logits(hidden[first : first + count]).float().cpu()
+                logits = self.model.compute_logits(hidden[first : first + count]).float()
                 position = span.start_position + offset
                 targets = torch.tensor(state.token_ids[position : position + count])
                 entries += gather_logprobs(torch.log_softmax(logits, dim=-1), targets, top_k)
