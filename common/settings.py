@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     kv_cache_memory: int | None = None  # bytes of KV cache on CPU
     block_size: int = 16
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # no CUDA graphs for decode (vLLM's --enforce-eager)
+    cuda_graph_sizes: list[int] | None = None  # decode batch sizes to capture (None: vLLM's)
+    async_scheduling: bool | None = None  # schedule step N+1 while N runs (None: on on CUDA)
 
     # --- Ray replicas: TP/EP actor groups -------------------------------------------
     ray_address: str | None = None  # "auto" / "ray://host:10001": join a cluster; None = local Ray

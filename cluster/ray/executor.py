@@ -112,6 +112,7 @@ class RayExecutor:
         self.config = dataclasses.replace(
             config, kv_event_sink=None, device="cuda" if use_gpu else "cpu"
         )
+        self.device_type = self.config.device
         try:
             self._start(use_gpu)
         except BaseException:

@@ -61,6 +61,9 @@ def build_engine(
         tensor_parallel_size=settings.tensor_parallel_size,
         expert_parallel_size=settings.expert_parallel_size,
         kv_event_sink=kv_event_sink,
+        enforce_eager=settings.enforce_eager,
+        cuda_graph_sizes=settings.cuda_graph_sizes,
+        async_scheduling=settings.async_scheduling,
     )
     sharded = settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1
     if sharded or settings.ray_engine:

@@ -75,6 +75,7 @@ class EngineCore:
             retention_interval_tokens=config.sliding_retention_interval,
         )
         self._check_pool_fits_one_request(num_blocks)
+        self._log_kv_capacity(executor.device_type)
         executor.initialize_kv_cache(num_blocks)
         self.async_scheduling = wants_async_scheduling(config, executor)
         self._steps_in_flight: deque[_StepInFlight] = deque()
@@ -122,6 +123,17 @@ class EngineCore:
                 f"max_model_len={self.max_model_len} tokens needs about {needed}; give the cache "
                 "more memory (kv_cache_memory / gpu_memory_utilization) or lower max_model_len"
             )
+
+    def _log_kv_capacity(self, device_type: str) -> None:
+        """vLLM's start-up lines: tokens the cache holds, and how many longest requests fit."""
+        tokens = self.kv_cache.num_usable_blocks * self.config.block_size
+        per_request = self.kv_cache.num_blocks_needed(self.max_model_len) * self.config.block_size
+        kind = "GPU" if device_type == "cuda" else "CPU"
+        log.info(f"{kind} KV cache size: {tokens:,} tokens")
+        log.info(
+            f"Maximum concurrency for {self.max_model_len:,} tokens per request: "
+            f"{tokens / per_request:.2f}x"
+        )
 
     # --- requests -----------------------------------------------------------------------------
     def add_request(
