@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# oss-serve images, one Dockerfile with two final targets (both non-root, no build tools):
+# oss-serve images, one Dockerfile with two final targets (both non-root; the replica has only
+# the C compiler and Python headers that Triton's launcher needs, the router no build tools):
 #   docker build --target router  -t oss-serve-router  .   slim Python: router, autoscaler
 #   docker build --target replica -t oss-serve-replica .   CUDA runtime: model replicas, Ray
 # The Helm chart (helm/oss-serve) runs them; `oss-serve` is the entrypoint of both.
@@ -67,9 +68,13 @@ RUN /opt/venv/bin/pip install --no-cache-dir torch \
     && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl
 
 # --- replica: CUDA runtime, Python, the venv; KubeRay runs `ray start` in it as well -------
+# Triton builds a small C launcher for each kernel at its first call (then caches it under
+# $HOME/.triton): that needs a C compiler (gcc + libc6-dev) and the Python headers
+# (python3-dev) at run time, nothing else of a toolchain. Without them, set
+# OSS_SERVE_KERNEL_BACKEND=torch to run the torch kernels (slower, no compiling).
 FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04 AS replica
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends python3 \
+    && apt-get install --yes --no-install-recommends python3 python3-dev gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin oss-serve
 COPY --from=replica-venv /opt/venv /opt/venv

@@ -13,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 PYTEST_ARGS ?=
 INSTALL_INPUTS := pyproject.toml setup.py $(wildcard protos/*.proto) protos/build_protos.py
 
-.PHONY: up test install install-test protos lint typecheck helm-check pytest clean
+.PHONY: up test install install-test protos lint typecheck helm-check pytest gpu-check clean
 
 # The whole stack on this machine (Redis, Ray, replicas, router); flags in UP_ARGS, e.g.
 # make up UP_ARGS="--replicas 2 --http-port 8080". Ctrl-C stops everything.
@@ -66,6 +66,14 @@ helm-check:
 pytest: $(VENV)/.installed-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+# On a machine with one H100/H200 (torch + triton, ~8 minutes): kernel accuracy, kernel time
+# against the HBM roofline, engine throughput eager vs CUDA graphs; JSON + Markdown into
+# GPU_CHECK_DIR. GPU_CHECK_ARGS="--tiny" runs it on the CPU at toy sizes.
+GPU_CHECK_DIR ?= benchmarks/results/gpu
+GPU_CHECK_ARGS ?=
+gpu-check: $(VENV)/.installed
+	$(BIN)/python -m oss_serve.benchmarks.gpu_check --output-dir $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

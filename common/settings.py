@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     kv_cache_memory: int | None = None  # bytes of KV cache on CPU
     block_size: int = 16
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # no CUDA graphs for decode (vLLM's --enforce-eager)
+    cuda_graph_sizes: list[int] | None = None  # decode batch sizes to capture (None: vLLM's)
+    async_scheduling: bool | None = None  # schedule step N+1 while N runs (None: on on CUDA)
 
     # --- Ray replicas: TP/EP actor groups -------------------------------------------
     ray_address: str | None = None  # "auto" / "ray://host:10001": join a cluster; None = local Ray
@@ -58,6 +61,9 @@ class Settings(BaseSettings):
         "STRICT_PACK"  # one node per replica (NVLink); PACK/SPREAD may span nodes
     )
     experts_across_all_ranks: bool = False  # split experts over every rank (vLLM-style EP)
+    # run the engine as Ray rank actors also for TP x EP = 1 (the chart's RayCluster mode:
+    # the GPUs belong to the Ray worker container, not to the `oss-serve replica` driver)
+    ray_engine: bool = False
 
     # --- redis ---------------------------------------------------------------------------------
     redis_url: SecretStr | None = None  # may embed a password: kept secret

@@ -9,7 +9,8 @@ by scripts/install-chart-tools.sh. Steps, each failing the check on any finding:
      in helm/crd-schemas (strict, with pod templates checked as Kubernetes PodTemplateSpecs),
      and KEDA's objects also with the CRD-derived @kubernetes-models/keda validators;
   4. checkov on all rendered objects and on the Dockerfile: no failed check (each skip
-     carries its reason in the chart's annotations or the Dockerfile's comments).
+     carries its reason in the chart's annotations or the Dockerfile's comments);
+  5. hadolint on the Dockerfile (.hadolint.yaml gives the reason for each ignored rule).
 """
 
 from __future__ import annotations
@@ -175,6 +176,12 @@ def run_checkov(target: list[str], framework: str) -> str:
     return ", ".join(f"{check_id} x{count}" for check_id, count in sorted(skipped.items()))
 
 
+def run_hadolint(dockerfile: Path) -> None:
+    hadolint = str(Path(sys.executable).parent / "hadolint")
+    config = ROOT / ".hadolint.yaml"
+    run([hadolint, "--config", str(config), "--no-color", str(dockerfile)])
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chart", type=Path, default=ROOT / "helm" / "oss-serve")
@@ -212,6 +219,8 @@ def check(args: argparse.Namespace) -> None:
             with step("checkov: Dockerfile"):
                 skips = run_checkov(["-f", str(args.dockerfile)], "dockerfile")
             print(f"helm-check: checkov skips (reasons: checkov:skip comments): {skips}")
+    with step("hadolint: Dockerfile"):
+        run_hadolint(args.dockerfile)
 
 
 def main(argv: list[str] | None = None) -> int:

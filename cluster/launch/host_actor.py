@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from oss_serve.cluster.ray.placement import RankResources
 from oss_serve.cluster.replica.host import ReplicaHost, start_replica_host
 from oss_serve.common.logging import configure_logging, get_logger
 from oss_serve.common.settings import Settings
@@ -30,6 +31,7 @@ class ReplicaStarted:
     replica_id: str
     pid: int
     max_model_len: int
+    gpu_ids: tuple[str, ...] = ()  # the GPU this actor holds (TP x EP = 1 on GPUs)
 
 
 class ReplicaActor:
@@ -54,7 +56,13 @@ class ReplicaActor:
             replica_id=self._host.replica_id,
             pid=os.getpid(),
             max_model_len=self._host.service.config.max_model_len,
+            gpu_ids=self.placement()[1],
         )
+
+    def placement(self) -> tuple[str, tuple[str, ...]]:
+        """(Ray node id, GPU ids) of this actor: where its engine runs when TP x EP = 1."""
+        context = ray.get_runtime_context()
+        return context.get_node_id(), tuple(str(i) for i in ray.get_gpu_ids())
 
     def load_progress(self) -> tuple[int, int]:
         """(done_bytes, total_bytes) of the weights read so far; (0, 0) before the first."""
@@ -74,15 +82,16 @@ class ReplicaActor:
             await host.stop()
 
 
-def spawn_replica_actor(*, name: str, num_cpus: float, omp_threads: int) -> Any:
-    """A ReplicaActor with `num_cpus` reserved; its torch uses `omp_threads` threads.
+def spawn_replica_actor(*, name: str, resources: RankResources, omp_threads: int) -> Any:
+    """A ReplicaActor holding `resources` (its GPU and pool with TP x EP = 1); its torch uses
+    `omp_threads` threads.
 
     max_concurrency lets `load_progress` and `wait_fatal` run beside a long `start`.
     """
     actor_class = ray.remote(ReplicaActor)
     return actor_class.options(
         name=name,
-        num_cpus=num_cpus,
+        **resources.actor_options(),
         max_restarts=0,
         max_concurrency=16,
         runtime_env={

@@ -41,6 +41,8 @@ from oss_serve.cluster.launch.console import Endpoints, UpConsole
 from oss_serve.cluster.launch.host_actor import ReplicaStarted, spawn_replica_actor
 from oss_serve.cluster.launch.local_processes import StartedProcesses
 from oss_serve.cluster.launch.local_redis import LocalRedis
+from oss_serve.cluster.ray import placement
+from oss_serve.cluster.ray.placement import PlacementError, RankResources
 from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
 
@@ -157,6 +159,32 @@ def ray_cpus(plan: LaunchPlan) -> int:
     return max(os.cpu_count() or 1, plan.replicas * plan.world_size)
 
 
+def replica_reservation(plan: LaunchPlan, use_gpu: bool) -> tuple[RankResources, int]:
+    """(what one replica's host actor reserves from Ray, its torch threads).
+
+    TP x EP = 1: the actor is the engine, so it holds the replica's GPU (Ray then shows it
+    only that device as cuda:0) and one unit of its pool's resource. Larger replicas: the
+    rank actors hold GPUs and CPUs in their placement group; the host actor only drives them.
+    """
+    if plan.world_size > 1:
+        return RankResources(num_gpus=0, num_cpus=0), 1
+    num_cpus = max(1, ray_cpus(plan) // plan.replicas)
+    pool = plan.settings.replica_pool
+    return RankResources(
+        num_gpus=1 if use_gpu else 0, num_cpus=num_cpus, custom=placement.pool_affinity(pool)
+    ), num_cpus
+
+
+def check_gpu_capacity(plan: LaunchPlan) -> None:
+    """Every replica's every rank gets a GPU of its own, or `up` refuses with the numbers."""
+    needed = plan.replicas * plan.world_size
+    what = f"--replicas {plan.replicas} x {plan.world_size} GPU(s) per replica"
+    try:
+        placement.check_gpu_capacity(needed, plan.settings.replica_pool, what)
+    except PlacementError as err:
+        raise LaunchError(str(err)) from err
+
+
 def one_line(err: BaseException) -> str:
     """The root cause of a Ray task error, on one line."""
     if isinstance(err, RayTaskError) and err.cause is not None:
@@ -184,6 +212,7 @@ class Launcher:
         self.redis: LocalRedis | None = None
         self._redis_dir: Path | None = None
         self._ray_owned = False
+        self._use_gpu = False
         self.router: Any = None  # oss_serve.router.server.RouterServer
         self.http: Any = None  # oss_serve.router.http.server.HttpServer
         run_id = uuid.uuid4().hex[:6]
@@ -276,12 +305,26 @@ class Launcher:
             self.processes.snapshot()
             detail = f"local, {cpus} CPUs"
         self.console.ready("ray runtime", detail)
+        self._reserve_gpus()
         self._size_cpu_kv_cache()
+
+    def _reserve_gpus(self) -> None:
+        """With GPUs (device cuda, or auto on a cluster that has some): one per rank, checked
+        before anything starts, and the engines told to use them (never a silent CPU run)."""
+        try:
+            self._use_gpu = placement.wants_gpus(self.settings.device)
+        except ValueError as err:
+            raise LaunchError(str(err)) from err
+        if not self._use_gpu:
+            return
+        check_gpu_capacity(self.plan)
+        self.settings = self.settings.model_copy(update={"device": "cuda"})
+        gpus = self.plan.replicas * self.plan.world_size
+        self.console.note(f"{gpus} GPU(s): one per rank of each replica")
 
     def _size_cpu_kv_cache(self) -> None:
         settings = self.settings
-        on_gpu = settings.device == "cuda" or ray.cluster_resources().get("GPU", 0) > 0
-        if on_gpu or "kv_cache_memory" in settings.model_fields_set:
+        if self._use_gpu or "kv_cache_memory" in settings.model_fields_set:
             return
         self.settings = settings.model_copy(update={"kv_cache_memory": CPU_KV_CACHE_BYTES})
         self.console.note(
@@ -329,14 +372,12 @@ class Launcher:
                     )
 
     def _launch(self, replica: _Replica) -> asyncio.Future[ReplicaStarted]:
-        world = self.plan.world_size
-        if world == 1:
-            num_cpus = max(1, ray_cpus(self.plan) // self.plan.replicas)
-            threads = num_cpus
-        else:
-            num_cpus, threads = 0, 1  # the ranks hold the CPUs; this actor only drives them
+        try:
+            resources, threads = replica_reservation(self.plan, self._use_gpu)
+        except PlacementError as err:
+            raise LaunchError(str(err)) from err
         replica.actor = spawn_replica_actor(
-            name=replica.replica_id, num_cpus=num_cpus, omp_threads=threads
+            name=replica.replica_id, resources=resources, omp_threads=threads
         )
         settings = self.settings.model_copy(update={"replica_id": replica.replica_id})
         return asyncio.ensure_future(replica.actor.start.remote(settings))

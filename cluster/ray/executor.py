@@ -64,6 +64,7 @@ class RayReplicaOptions:
     health_timeout_s: float = 10.0
     collective_timeout_s: float = 1800.0  # torch.distributed's own timeout (a last resort)
     name: str = ""  # placement group name, unique in the Ray namespace ("" = unnamed)
+    pool: str | None = None  # GPU pool: ranks land only on nodes advertising its resource
 
     @classmethod
     def from_settings(cls, settings: Any) -> RayReplicaOptions:
@@ -72,6 +73,7 @@ class RayReplicaOptions:
             ray_address=settings.ray_address,
             placement_strategy=settings.ray_placement_strategy,
             experts_across_all_ranks=settings.experts_across_all_ranks,
+            pool=settings.replica_pool,
         )
 
 
@@ -106,10 +108,11 @@ class RayExecutor:
         self.workers: list[Any] = []
         self._group: Any = None
         placement.connect(self.options.ray_address)
-        use_gpu = _wants_gpu(config.device)
+        use_gpu = placement.wants_gpus(config.device)
         self.config = dataclasses.replace(
             config, kv_event_sink=None, device="cuda" if use_gpu else "cpu"
         )
+        self.device_type = self.config.device
         try:
             self._start(use_gpu)
         except BaseException:
@@ -120,7 +123,9 @@ class RayExecutor:
     def _start(self, use_gpu: bool) -> None:
         started = time.perf_counter()
         world = self.topology.world_size
-        resources = placement.rank_resources(world, use_gpu, self.options.cpus_per_rank)
+        resources = placement.rank_resources(
+            world, use_gpu, self.options.cpus_per_rank, self.options.pool
+        )
         self._group = placement.reserve(
             world,
             resources,
@@ -134,8 +139,7 @@ class RayExecutor:
             env.setdefault("OMP_NUM_THREADS", str(threads))
         self.workers = [
             remote_class(
-                num_cpus=resources.num_cpus,
-                num_gpus=resources.num_gpus,
+                **resources.actor_options(),
                 scheduling_strategy=placement.bundle_strategy(self._group, rank),
                 runtime_env={"env_vars": env},
                 max_restarts=0,
@@ -331,13 +335,3 @@ class RayExecutor:
         with self._lock:
             self._stop_actors()
             self.workers = []
-
-
-def _wants_gpu(device: str) -> bool:
-    if device.startswith("cuda"):
-        return True
-    if device == "cpu":
-        return False
-    if device != "auto":
-        raise ValueError(f"device must be auto, cpu or cuda for a Ray replica, got {device!r}")
-    return placement.cluster_has_gpus()

@@ -70,6 +70,7 @@ class RankHealth:
     steps_run: int
     divergent_tokens: int  # samples that differed from rank 0's (expected: 0)
     kv_cache_shape: tuple[int, ...]  # one layer: [2, blocks, block_size, local kv heads, head_dim]
+    gpu_ids: tuple[str, ...] = ()  # the GPU Ray reserved for this rank (none on CPU)
 
 
 class RankWorker:
@@ -181,6 +182,7 @@ class RankWorker:
             steps_run=self.next_step,
             divergent_tokens=self.divergent_tokens,
             kv_cache_shape=tuple(caches[0].shape) if caches else (),
+            gpu_ids=tuple(str(i) for i in ray.get_gpu_ids()),
         )
 
     def shutdown(self) -> None:

@@ -1,8 +1,8 @@
 """Run one replica in this process: its engine behind ReplicaService.
 
-The engine is a single-process AsyncEngine for TP = EP = 1, else a Ray actor group
-(cluster/ray/engine.py: RayReplica) with the same interface; the queue, the links to the
-routers and the lifecycle are the same either way. `oss-serve replica` runs
+The engine is a single-process AsyncEngine for TP = EP = 1 (unless `ray_engine`), else a
+Ray actor group (cluster/ray/engine.py: RayReplica) with the same interface; the queue, the
+links to the routers and the lifecycle are the same either way. `oss-serve replica` runs
 `run_replica`; `oss-serve up` hosts the same `start_replica_host` inside a Ray actor.
 """
 
@@ -61,8 +61,12 @@ def build_engine(
         tensor_parallel_size=settings.tensor_parallel_size,
         expert_parallel_size=settings.expert_parallel_size,
         kv_event_sink=kv_event_sink,
+        enforce_eager=settings.enforce_eager,
+        cuda_graph_sizes=settings.cuda_graph_sizes,
+        async_scheduling=settings.async_scheduling,
     )
-    if settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1:
+    sharded = settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1
+    if sharded or settings.ray_engine:
         from oss_serve.cluster.ray.engine import RayReplica
         from oss_serve.cluster.ray.executor import RayReplicaOptions
 

@@ -43,6 +43,9 @@ def replica(
     max_num_seqs: Annotated[int | None, typer.Option("--max-num-seqs")] = None,
     tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel-size")] = None,
     expert_parallel_size: Annotated[int | None, typer.Option("--expert-parallel-size")] = None,
+    enforce_eager: Annotated[
+        bool | None, typer.Option("--enforce-eager", help="No CUDA graphs for decode.")
+    ] = None,
 ) -> None:
     """Run a model replica that serves the requests routed to it through Redis."""
     from oss_serve.cluster.replica.host import run_replica
@@ -64,6 +67,7 @@ def replica(
         max_num_seqs=max_num_seqs,
         tensor_parallel_size=tensor_parallel_size,
         expert_parallel_size=expert_parallel_size,
+        enforce_eager=enforce_eager,
     )
     try:
         code = asyncio.run(run_replica(settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 import yaml
 
 from oss_serve.cluster.autoscale.autoscaler import AutoscalerConfig
+from oss_serve.cluster.ray.placement import pool_resource
 from tests.helm.render import (
     CHART,
     NAMESPACE,
@@ -101,6 +103,62 @@ def test_gpu_pods_request_tp_times_ep_gpus_and_select_their_pool(values):
         mounts = {m["mountPath"] for m in gpu_containers[0]["volumeMounts"]}
         assert "/dev/shm" in mounts, where
     assert seen == set(pools), "every enabled pool gets GPU pods"
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def gpus_of(container: dict[str, Any]) -> int:
+    return int(container["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
+
+
+def ray_start_resources(params: dict[str, str]) -> dict[str, float]:
+    """`ray start --resources` as KubeRay passes it: a shell-quoted JSON object."""
+    return json.loads(params["resources"].strip('"').replace('\\"', '"'))
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=VALUE_IDS)
+def test_every_engine_runs_where_its_gpus_are_with_one_gpu_per_rank(values):
+    pools = enabled_pools(chart_values(values))
+    engines: dict[str, int] = {}
+    for obj in render(values):
+        if obj["kind"] == "Deployment" and "oss-serve/pool" in obj["metadata"]["labels"]:
+            pool = obj["metadata"]["labels"]["oss-serve/pool"]
+            (replica,) = obj["spec"]["template"]["spec"]["containers"]
+            assert "OSS_SERVE_RAY_ENGINE" not in env_of(replica), pool
+            engines[pool] = gpus_of(replica)  # the engine runs in this container
+        elif obj["kind"] == "RayCluster":
+            for group in obj["spec"]["workerGroupSpecs"]:
+                pool = group["groupName"]
+                ray_worker, replica = group["template"]["spec"]["containers"]
+                env = env_of(replica)
+                # the driver holds no GPU: its engine is Ray rank actors of this pool
+                assert gpus_of(replica) == 0, pool
+                assert env["OSS_SERVE_RAY_ENGINE"] == "true", pool
+                assert env["OSS_SERVE_REPLICA_POOL"] == pool
+                assert ray_start_resources(group["rayStartParams"]) == {pool_resource(pool): 1000}
+                assert group["rayStartParams"]["num-gpus"] == str(gpus_of(ray_worker)), pool
+                engines[pool] = gpus_of(ray_worker)
+    ranks = {n: p["tensorParallelSize"] * p["expertParallelSize"] for n, p in pools.items()}
+    assert engines == ranks
+
+
+@pytest.mark.parametrize("values", VALUE_SETS, ids=VALUE_IDS)
+def test_each_replica_pool_has_a_disruption_budget_selecting_its_pods(values):
+    objects = render(values)
+    pools = enabled_pools(chart_values(values))
+    budgets = {
+        p["spec"]["selector"]["matchLabels"].get("oss-serve/pool"): p
+        for p in of_kind(objects, "PodDisruptionBudget")
+    }
+    for pool in pools:
+        assert budgets[pool]["spec"]["maxUnavailable"] == 1, pool
+    for where, template in pod_templates(objects):
+        pool = template["metadata"]["labels"].get("oss-serve/pool")
+        if pool is not None:
+            selector = budgets[pool]["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= template["metadata"]["labels"].items(), where
 
 
 @pytest.mark.parametrize("values", VALUE_SETS, ids=VALUE_IDS)
@@ -202,7 +260,9 @@ def test_router_probes_ports_hpa_and_disruption_budget():
     kinds = {m["type"] for m in hpa["spec"]["metrics"]}
     assert kinds == {"Resource", "Pods"}
     assert "replicas" not in router["spec"], "the HPA owns the router's replica count"
-    (pdb,) = of_kind(objects, "PodDisruptionBudget")
+    (pdb,) = [
+        p for p in of_kind(objects, "PodDisruptionBudget") if "router" in p["metadata"]["name"]
+    ]
     assert pdb["spec"]["minAvailable"] == 1
     spread = router["spec"]["template"]["spec"]["topologySpreadConstraints"]
     assert {c["topologyKey"] for c in spread} == {

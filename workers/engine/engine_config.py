@@ -38,6 +38,12 @@ class EngineConfig:
     expert_parallel_size: int = 1
     kv_event_sink: KVEventSink | None = None
     skip_tokenizer_init: bool = False
+    # schedule step N+1 while step N runs (None: on when a local model runs on CUDA)
+    async_scheduling: bool | None = None
+    enforce_eager: bool = False  # no CUDA graphs: every decode step runs eagerly
+    cuda_graph_sizes: list[int] | None = None  # decode batch sizes to capture (None: vLLM's)
+    # pad decode batches to the capture sizes even without graphs (tests of the padding)
+    pad_decode_batches: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs"):

@@ -1,8 +1,14 @@
 """The engine loop's body: add and abort requests, and `step()` = schedule -> execute -> update.
 
-Synchronous and single-threaded; `LLM` drives it directly and `AsyncEngine` drives it from
-a background thread. Requests are validated here, before they touch the scheduler, so a
-bad one raises `InvalidRequestError` and everything else keeps running.
+Single-threaded; `LLM` drives it directly and `AsyncEngine` drives it from a background
+thread. Requests are validated here, before they touch the scheduler, so a bad one raises
+`InvalidRequestError` and everything else keeps running.
+
+With async scheduling (vLLM's `--async-scheduling`; on by default when a local model runs
+on CUDA) up to two steps are in flight: step N+1 is scheduled and queued while step N runs
+on the device, then N's tokens are taken and post-processed while N+1 runs. The runner
+executes the steps in order and feeds each decode the token it sampled the step before,
+so the tokens are those of synchronous stepping.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import itertools
 import operator
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from oss_serve.common.logging import get_logger
 from oss_serve.common.vocab import STOP_TOKEN_IDS
@@ -26,11 +34,24 @@ from oss_serve.workers.engine.outputs import RequestOutput
 from oss_serve.workers.engine.request import Request, RequestStatus, SiblingGroup
 from oss_serve.workers.engine.sampling_params import InvalidRequestError, SamplingParams
 from oss_serve.workers.engine.scheduler import Scheduler, SchedulerConfig
-from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput
-from oss_serve.workers.runner.executor import Executor
+from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from oss_serve.workers.runner.executor import Executor, LocalExecutor
 from oss_serve.workers.runner.logits_processors import as_processors
 
 log = get_logger(__name__)
+
+MAX_STEPS_IN_FLIGHT = 2  # async scheduling: the step running and the one queued behind it
+
+
+class PendingStep(Protocol):
+    def result(self) -> ModelRunnerOutput: ...
+
+
+@dataclass
+class _StepInFlight:
+    scheduled: SchedulerOutput
+    pending: PendingStep
+    schedule_s: float
 
 
 class EngineCore:
@@ -54,7 +75,10 @@ class EngineCore:
             retention_interval_tokens=config.sliding_retention_interval,
         )
         self._check_pool_fits_one_request(num_blocks)
+        self._log_kv_capacity(executor.device_type)
         executor.initialize_kv_cache(num_blocks)
+        self.async_scheduling = wants_async_scheduling(config, executor)
+        self._steps_in_flight: deque[_StepInFlight] = deque()
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_batched_tokens=config.max_num_batched_tokens,
@@ -62,6 +86,7 @@ class EngineCore:
                 max_model_len=self.max_model_len,
                 enable_chunked_prefill=config.enable_chunked_prefill,
                 long_prefill_token_threshold=config.long_prefill_token_threshold,
+                async_scheduling=self.async_scheduling,
             ),
             self.kv_cache,
         )
@@ -98,6 +123,17 @@ class EngineCore:
                 f"max_model_len={self.max_model_len} tokens needs about {needed}; give the cache "
                 "more memory (kv_cache_memory / gpu_memory_utilization) or lower max_model_len"
             )
+
+    def _log_kv_capacity(self, device_type: str) -> None:
+        """vLLM's start-up lines: tokens the cache holds, and how many longest requests fit."""
+        tokens = self.kv_cache.num_usable_blocks * self.config.block_size
+        per_request = self.kv_cache.num_blocks_needed(self.max_model_len) * self.config.block_size
+        kind = "GPU" if device_type == "cuda" else "CPU"
+        log.info(f"{kind} KV cache size: {tokens:,} tokens")
+        log.info(
+            f"Maximum concurrency for {self.max_model_len:,} tokens per request: "
+            f"{tokens / per_request:.2f}x"
+        )
 
     # --- requests -----------------------------------------------------------------------------
     def add_request(
@@ -216,11 +252,17 @@ class EngineCore:
         return output
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests() or self.output_processor.num_unfinished > 0
+        return (
+            bool(self._steps_in_flight)
+            or self.scheduler.has_unfinished_requests()
+            or self.output_processor.num_unfinished > 0
+        )
 
     # --- the step -----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One engine iteration; returns the RequestOutputs it produced."""
+        if self.async_scheduling:
+            return self._step_async()
         started = time.perf_counter()
         scheduled = self.scheduler.schedule()
         scheduled_at = time.perf_counter()
@@ -229,16 +271,52 @@ class EngineCore:
         else:
             result = self.executor.execute_model(scheduled)
         executed_at = time.perf_counter()
-        core_outputs = self.scheduler.update_from_output(scheduled, result)
-        outputs, stopped = self.output_processor.process(core_outputs)
-        self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
-        self.requests_finished += sum(1 for o in outputs if o.finished)
-        self._publish_kv_events()
+        outputs = self._update(scheduled, result)
         self.timer.record(
             schedule_s=scheduled_at - started,
             execute_s=executed_at - scheduled_at,
             update_s=time.perf_counter() - executed_at,
             num_tokens=scheduled.total_num_scheduled_tokens,
+        )
+        return outputs
+
+    def _update(self, scheduled: SchedulerOutput, result: ModelRunnerOutput) -> list[RequestOutput]:
+        """A step's tokens into the scheduler, then outputs, stop strings and KV events."""
+        core_outputs = self.scheduler.update_from_output(scheduled, result)
+        outputs, stopped = self.output_processor.process(core_outputs)
+        self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        self.requests_finished += sum(1 for o in outputs if o.finished)
+        self._publish_kv_events()
+        return outputs
+
+    def _step_async(self) -> list[RequestOutput]:
+        """Queue the next step if there is room; when one step is queued and the runner is
+        still busy with it, return at once (the next call schedules the step after it);
+        otherwise take the oldest step's tokens."""
+        queued = False
+        if len(self._steps_in_flight) < MAX_STEPS_IN_FLIGHT:
+            started = time.perf_counter()
+            scheduled = self.scheduler.schedule()
+            if not scheduled.is_empty or scheduled.freed_request_ids:
+                assert isinstance(self.executor, LocalExecutor)
+                pending = self.executor.submit(scheduled)
+                elapsed = time.perf_counter() - started
+                self._steps_in_flight.append(_StepInFlight(scheduled, pending, elapsed))
+                queued = True
+        if not self._steps_in_flight or (
+            queued and len(self._steps_in_flight) < MAX_STEPS_IN_FLIGHT
+        ):
+            return []
+        step = self._steps_in_flight.popleft()
+        waited_at = time.perf_counter()
+        result = step.pending.result()
+        executed_at = time.perf_counter()
+        outputs = self._update(step.scheduled, result)
+        self.timer.record(
+            schedule_s=step.schedule_s,
+            execute_s=executed_at - waited_at,
+            update_s=time.perf_counter() - executed_at,
+            num_tokens=step.scheduled.total_num_scheduled_tokens,
         )
         return outputs
 
@@ -286,7 +364,18 @@ class EngineCore:
         return self.admission_capacity().admits([num_prompt_tokens])
 
     def shutdown(self) -> None:
+        self._steps_in_flight.clear()
         self.executor.shutdown()
+
+
+def wants_async_scheduling(config: EngineConfig, executor: Executor) -> bool:
+    """Async scheduling needs an executor that queues steps in order (LocalExecutor); by
+    default it is on where the model runs on CUDA."""
+    if not isinstance(executor, LocalExecutor):
+        return False
+    if config.async_scheduling is None:
+        return executor.device.type == "cuda"
+    return config.async_scheduling
 
 
 def _eos_ids(model_config: Any) -> list[int]:

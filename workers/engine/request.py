@@ -88,6 +88,10 @@ class Request:
         self.status = RequestStatus.WAITING
         self.stop_reason: int | str | None = None
         self.num_computed_tokens = 0
+        # async scheduling: tokens that steps in flight will sample (not known yet), and
+        # those steps; num_computed_tokens already counts what they compute
+        self.num_output_placeholders = 0
+        self.num_inflight_steps = 0
         self.num_cached_tokens = -1  # prefix-cache hit on first schedule; -1 = not scheduled yet
         self.num_preemptions = 0
         self.metrics = RequestMetrics(arrival_time=self.arrival_time)

@@ -8,6 +8,14 @@ pool runs out, the lowest-priority running request is preempted: its blocks are 
 it is recomputed later from prompt + emitted tokens (identical results: sampling depends
 only on the seed and the output index). A waiting request that finds no slot or KV room
 preempts running requests of lower priority the same way, before the step is scheduled.
+
+With `async_scheduling` the next step is scheduled while the previous one still runs:
+scheduling advances `num_computed_tokens` at once and counts the token each sampling step
+will produce as a placeholder, so a decode is scheduled for a token the runner has sampled
+but the scheduler has not seen yet (the runner feeds it). A request is not scheduled past
+its max_tokens or max_model_len on placeholders; a preempted request waits until its steps
+in flight are back (their tokens are dropped: it recomputes and samples them again, the
+same tokens, since a draw depends only on the seed and the output index).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ class SchedulerConfig:
     max_model_len: int = 4096
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0  # >0 caps one request's chunk per step
+    async_scheduling: bool = False  # schedule step N+1 before step N's tokens are back
 
 
 @dataclass
@@ -76,7 +85,10 @@ class Scheduler:
         """KV blocks the requests already here will still claim: the rest of each running
         one's tokens plus a decode block; all of each waiting one's (no cache hit assumed)."""
         need = self.kv_cache.num_blocks_needed
-        running = sum(need(r.num_tokens) - need(r.num_computed_tokens) + 1 for r in self.running)
+        running = sum(
+            need(r.num_tokens + r.num_output_placeholders) - need(r.num_computed_tokens) + 1
+            for r in self.running
+        )
         waiting = [self.requests.get(request_id) for request_id in self._waiting_ids]
         return running + sum(need(r.num_tokens) + 1 for r in waiting if r is not None)
 
@@ -117,10 +129,26 @@ class Scheduler:
         budget, preempted = self._schedule_running(output, budget)
         if not preempted:
             self._schedule_waiting(output, budget)
+        if self.config.async_scheduling:
+            self._advance_scheduled(output)
         return output
 
+    def _advance_scheduled(self, output: SchedulerOutput) -> None:
+        """Count the step as computed now; a step that reaches the end samples a placeholder."""
+        for request_id, num_tokens in output.num_scheduled_tokens.items():
+            request = self.requests[request_id]
+            self._advance(request, num_tokens)
+            request.num_inflight_steps += 1
+            if request.num_computed_tokens == request.num_tokens + request.num_output_placeholders:
+                request.num_output_placeholders += 1
+
+    def _advance(self, request: Request, num_tokens: int) -> None:
+        if request.num_computed_tokens < request.num_prompt_tokens:
+            self.stats.num_prompt_tokens += num_tokens
+        request.num_computed_tokens += num_tokens
+
     def _chunk(self, request: Request, num_computed: int, budget: int) -> int:
-        num_new = request.num_tokens - num_computed
+        num_new = request.num_tokens + request.num_output_placeholders - num_computed
         if self.config.long_prefill_token_threshold > 0:
             num_new = min(num_new, self.config.long_prefill_token_threshold)
         return min(num_new, budget)
@@ -130,6 +158,9 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0:
             request = self.running[index]
+            if self._ends_on_placeholders(request):
+                index += 1  # its last token is in flight: it finishes when that comes back
+                continue
             num_new = self._chunk(request, request.num_computed_tokens, budget)
             new_block_ids = None
             while num_new > 0:
@@ -153,12 +184,21 @@ class Scheduler:
             index += 1
         return budget, preempted
 
+    def _ends_on_placeholders(self, request: Request) -> bool:
+        """The tokens in flight reach max_tokens or max_model_len: schedule nothing more."""
+        pending = request.num_output_placeholders
+        return pending > 0 and (
+            request.num_output_tokens + pending >= request.max_tokens
+            or request.num_tokens + pending >= self.config.max_model_len
+        )
+
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
         self.kv_cache.free(request)
         self._freed_ids.add(request.request_id)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.num_output_placeholders = 0
         request.num_preemptions += 1
         request.metrics.num_preemptions += 1
         self.stats.num_preemptions += 1
@@ -248,8 +288,9 @@ class Scheduler:
         output.num_scheduled_tokens[request.request_id] = num_new
 
     def _must_wait(self, request: Request) -> bool:
-        """n > 1 siblings wait for the leader's prompt (then share it); processors may be busy."""
-        if not processors_ready(request.sampling_params):
+        """n > 1 siblings wait for the leader's prompt (then share it); processors may be busy;
+        a preempted request waits for its steps in flight."""
+        if not processors_ready(request.sampling_params) or request.num_inflight_steps:
             return True
         group = request.siblings
         if group is None or group.leader_id == request.request_id:
@@ -266,14 +307,16 @@ class Scheduler:
         outputs = []
         for request_id, num_tokens in scheduled.num_scheduled_tokens.items():
             request = self.requests.get(request_id)
+            if request is not None and self.config.async_scheduling:
+                request.num_inflight_steps -= 1
             if request is None or request.status != RequestStatus.RUNNING:
-                continue  # ended while the step ran
-            was_prompt = request.num_computed_tokens < request.num_prompt_tokens
-            request.num_computed_tokens += num_tokens
-            if was_prompt:
-                self.stats.num_prompt_tokens += num_tokens
+                continue  # ended (or was preempted) while the step ran: its token is dropped
             row = row_of.get(request_id)
             sampled = result.sampled_token_ids[row] if row is not None else []
+            if self.config.async_scheduling:
+                request.num_output_placeholders -= len(sampled)  # counted when scheduled
+            else:
+                self._advance(request, num_tokens)
             core_output = EngineCoreOutput(
                 request_id,
                 new_token_ids=[],

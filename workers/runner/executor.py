@@ -7,6 +7,7 @@ ModelRunner per rank) and returns rank 0's ModelRunnerOutput; the engine does no
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,8 +19,9 @@ from oss_serve.workers.engine.kv_cache_spec import KVCacheSpec, kv_cache_spec_fo
 from oss_serve.workers.engine.sampling_params import SamplingParams
 from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from oss_serve.workers.model.parallel import ParallelContext
-from oss_serve.workers.runner.memory_budget import kv_cache_budget_bytes, step_activation_bytes
-from oss_serve.workers.runner.model_runner import ModelRunner
+from oss_serve.workers.runner.cuda_graphs import capture_sizes
+from oss_serve.workers.runner.memory_profile import profile_cuda_memory
+from oss_serve.workers.runner.model_runner import DecodePadding, ModelRunner
 
 log = get_logger(__name__)
 
@@ -28,6 +30,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 class Executor(Protocol):
     model_config: Any  # oss_serve.workers.model.config.ModelConfig
+    device_type: str  # where the model runs: "cuda" or "cpu"
 
     def kv_cache_spec(self) -> KVCacheSpec: ...
 
@@ -81,6 +84,21 @@ def cpu_experts_format(
     return "dense" if dense_bytes <= psutil.virtual_memory().available // 2 else "auto"
 
 
+def decode_padding(
+    config: EngineConfig, device: torch.device, model_config: Any
+) -> DecodePadding | None:
+    """CUDA graphs on CUDA unless enforce_eager; padding alone when asked for (tests)."""
+    graphs = device.type == "cuda" and not config.enforce_eager
+    if not graphs and not config.pad_decode_batches:
+        return None
+    max_model_len = int(config.max_model_len or model_config.max_position_embeddings)
+    return DecodePadding(
+        sizes=capture_sizes(config.max_num_seqs, config.cuda_graph_sizes),
+        max_blocks=-(-max_model_len // config.block_size),
+        graphs=graphs,
+    )
+
+
 class LocalExecutor:
     """The model and its runner in this process: the whole model, or one rank's shard of it
     when `parallel` says which (the cluster's worker actors run one LocalExecutor each)."""
@@ -100,6 +118,7 @@ class LocalExecutor:
             )
         self.config = config
         self.device = resolve_device(config.device)
+        self.device_type = self.device.type
         self.dtype = resolve_dtype(config.dtype, self.device)
         if model is None:
             from oss_serve.workers.model.weights import load_model
@@ -123,36 +142,32 @@ class LocalExecutor:
             dtype=self.dtype,
             tp_size=parallel.tp_size,
         )
-        self.runner = ModelRunner(self.model, self._spec, self.device)
+        self.runner = ModelRunner(
+            self.model, self._spec, self.device, decode_padding(config, self.device, model.config)
+        )
+        self._steps: ThreadPoolExecutor | None = None  # the runner's thread (async scheduling)
 
     def kv_cache_spec(self) -> KVCacheSpec:
         return self._spec
 
     def available_kv_cache_bytes(self) -> int:
+        """kv_cache_memory if set; on CUDA what a profiling step leaves (memory_profile.py)."""
         if self.config.kv_cache_memory is not None:
             return int(self.config.kv_cache_memory)
         if self.device.type != "cuda":
             return DEFAULT_CPU_KV_CACHE_BYTES
-        free_bytes, total_bytes = torch.cuda.mem_get_info(self.device)
-        return kv_cache_budget_bytes(
-            total_bytes=total_bytes,
-            used_bytes=total_bytes - free_bytes,
-            gpu_memory_utilization=self.config.gpu_memory_utilization,
-            activation_bytes=self._activation_bytes(),
+        profile = profile_cuda_memory(
+            self.model,
+            self.config.max_num_batched_tokens,
+            self.config.max_num_seqs,
+            self.device,
+            self.config.gpu_memory_utilization,
         )
-
-    def _activation_bytes(self) -> int:
-        config = self.model_config
-        return step_activation_bytes(
-            hidden_size=config.hidden_size,
-            intermediate_size=config.intermediate_size,
-            vocab_size=config.vocab_size,
-            max_num_batched_tokens=self.config.max_num_batched_tokens,
-            max_num_seqs=self.config.max_num_seqs,
-            dtype_bytes=self.dtype.itemsize,
-        )
+        log.info(profile.log_line())
+        return profile.kv_cache_bytes
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
+        """Allocate the cache, then capture the decode graphs (they read its tensors)."""
         self.runner.initialize_kv_cache(num_blocks)
         log.info(
             "kv cache allocated",
@@ -160,6 +175,9 @@ class LocalExecutor:
             block_size=self._spec.block_size,
             bytes=num_blocks * self._spec.bytes_per_block,
         )
+        if seconds := self.runner.capture_graphs():
+            sizes = self.runner.padding.sizes if self.runner.padding else []
+            log.info(f"Graph capturing finished in {seconds:.0f} secs", sizes=sizes)
 
     def check_request(self, params: SamplingParams) -> None:
         """Anything runs here: processors live in this process, where the tokens are sampled."""
@@ -167,5 +185,15 @@ class LocalExecutor:
     def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput:
         return self.runner.execute_model(scheduled)
 
+    def submit(self, scheduled: SchedulerOutput) -> Future[ModelRunnerOutput]:
+        """Queue a step on the runner's own thread; steps run one at a time, in order, so
+        the caller schedules the next step while this one runs (async scheduling)."""
+        if self._steps is None:
+            self._steps = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-runner")
+        return self._steps.submit(self.runner.execute_model, scheduled)
+
     def shutdown(self) -> None:
+        if self._steps is not None:
+            self._steps.shutdown(wait=True, cancel_futures=True)
+            self._steps = None
         self.runner.kv_caches = []

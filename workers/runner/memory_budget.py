@@ -1,8 +1,9 @@
 """How much GPU memory a worker gives its KV cache, as plain arithmetic (no torch).
 
-The executor measures the device and calls these; the capacity planner
-(`oss-serve plan --engine oss-serve`) calls the same functions with the figures it
-predicts, so the plan and a real worker cannot size the cache differently.
+A worker on CUDA measures its activation peak with a profiling step
+(`memory_profile.py`) and calls `kv_cache_budget_bytes`; the capacity planner
+(`oss-serve plan --engine oss-serve`) calls the same function with `step_activation_bytes`,
+its estimate of that peak, so the plan and a real worker cannot size the cache differently.
 """
 
 from __future__ import annotations

@@ -21,6 +21,12 @@ from oss_serve.workers.engine.scheduler_output import (
     SchedulerOutput,
     TokenLogprobs,
 )
+from oss_serve.workers.runner.cuda_graphs import (
+    DecodeGraphs,
+    is_decode_batch,
+    pad_decode_inputs,
+    padded_size,
+)
 from oss_serve.workers.runner.input_batch import CachedRequestState, RequestStates
 from oss_serve.workers.runner.input_preparation import ModelInputs, prepare_inputs
 from oss_serve.workers.runner.sampler import Sampler, SamplingRow, gather_logprobs
@@ -31,15 +37,33 @@ PROMPT_LOGPROB_ROWS_PER_CHUNK = 256  # bounds the [rows, vocab] logits held at o
 
 @dataclass
 class RunnerTimings:
-    """Seconds spent per phase since start: the CPU overhead is everything but the forward."""
+    """Seconds spent per phase since start: the CPU overhead is everything but the forward.
+    On CUDA nothing waits for the forward (kernels are queued): the wait falls in sample_s,
+    where the sampled ids come back to the host."""
 
     prepare_s: float = 0.0
     forward_s: float = 0.0
     sample_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class DecodePadding:
+    """Decode batches padded to `sizes` with block tables `max_blocks` wide; `graphs`:
+    replayed from captured CUDA graphs (else run eagerly, padded: tests of the padding)."""
+
+    sizes: list[int]
+    max_blocks: int
+    graphs: bool
+
+
 class ModelRunner:
-    def __init__(self, model: Any, spec: KVCacheSpec, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        spec: KVCacheSpec,
+        device: torch.device | str,
+        padding: DecodePadding | None = None,
+    ) -> None:
         self.model = model
         self.spec = spec
         self.device = torch.device(device)
@@ -48,6 +72,8 @@ class ModelRunner:
         self.sampler = Sampler(self.workspace)
         self.kv_caches: list[torch.Tensor] = []
         self.timings = RunnerTimings()
+        self.padding = padding
+        self.graphs: DecodeGraphs | None = None
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One tensor per layer rank-in-group; layer j of each group shares tensor j."""
@@ -58,6 +84,19 @@ class ModelRunner:
         ]
         self.kv_caches = [tensors[i] for i in self.spec.layer_tensor_index()]
 
+    def capture_graphs(self) -> float:
+        """Capture the decode graphs (after the KV cache exists); returns the seconds taken."""
+        if self.padding is None or not self.padding.graphs:
+            return 0.0
+        started = time.perf_counter()
+        self.graphs = DecodeGraphs(
+            self.model, self.kv_caches, self.padding.sizes, self.padding.max_blocks
+        )
+        names = [group.name for group in self.spec.groups]
+        with torch.inference_mode():
+            self.graphs.capture(names, self.spec.block_size, self.device)
+        return time.perf_counter() - started
+
     @torch.inference_mode()
     def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput:
         self.states.update(scheduled)
@@ -66,9 +105,7 @@ class ModelRunner:
         started = time.perf_counter()
         inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
         prepared = time.perf_counter()
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        hidden = self._forward(inputs)
         forwarded = time.perf_counter()
         output = ModelRunnerOutput(
             request_ids=inputs.request_ids,
@@ -81,6 +118,20 @@ class ModelRunner:
         self.timings.forward_s += forwarded - prepared
         self.timings.sample_s += time.perf_counter() - forwarded
         return output
+
+    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
+        """Hidden states of the batch's rows: a graph replay for a decode batch that fits a
+        captured size, else the eager forward (of the padded batch when padding is on)."""
+        if self.graphs is not None and self.graphs.can_run(inputs):
+            return self.graphs.run(inputs)
+        padding = self.padding
+        if padding is not None and not padding.graphs and is_decode_batch(inputs):
+            size = padded_size(len(inputs.request_ids), padding.sizes)
+            if size is not None:
+                padded = pad_decode_inputs(inputs, size, padding.max_blocks)
+                hidden = self.model(padded.input_ids, padded.positions, padded.meta, self.kv_caches)
+                return hidden[: len(inputs.request_ids)]
+        return self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
 
     def _sample(self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput) -> None:
         if not inputs.sample_rows:
@@ -101,10 +152,10 @@ class ModelRunner:
             output.logprobs[row] = logprobs
 
     def _sampling_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits on the CPU; there, written into a buffer kept across steps (the
-        sampler edits them in place and keeps no reference)."""
+        """fp32 logits where the model runs (the sampler runs there too); on the CPU written
+        into a buffer kept across steps (the sampler edits them in place, keeps no reference)."""
         if self.device.type != "cpu":
-            return self.model.compute_logits(hidden).float().cpu()
+            return self.model.compute_logits(hidden).float()
         vocab = int(self.model.config.vocab_size)
         buffer = self.workspace.take("logits", hidden.shape[0], vocab, torch.float32, self.device)
         return self.model.compute_logits(hidden, out=buffer).float()
@@ -119,7 +170,7 @@ class ModelRunner:
             for offset in range(0, span.count, PROMPT_LOGPROB_ROWS_PER_CHUNK):
                 count = min(PROMPT_LOGPROB_ROWS_PER_CHUNK, span.count - offset)
                 first = span.first_row + offset
-                logits = self.model.compute_logits(hidden[first : first + count]).float().cpu()
+                logits = self.model.compute_logits(hidden[first : first + count]).float()
                 position = span.start_position + offset
                 targets = torch.tensor(state.token_ids[position : position + count])
                 entries += gather_logprobs(torch.log_softmax(logits, dim=-1), targets, top_k)

@@ -153,6 +153,9 @@ $(VAR) expansion, so that no secret value is ever rendered.
 {{ include "oss-serve.redisEnv" $root }}
 {{- end -}}
 
+{{/* The Ray custom resource the nodes of pool `name` advertise (cluster/ray/placement.py). */}}
+{{- define "oss-serve.poolResource" -}}oss-serve-pool-{{ . }}{{- end -}}
+
 {{/* GPUs one replica of a pool needs: tensor parallel x expert parallel. */}}
 {{- define "oss-serve.poolGpus" -}}
 {{- mul (int .tensorParallelSize) (int .expertParallelSize) -}}
@@ -227,7 +230,8 @@ initContainers:
 {{/*
 The `oss-serve replica` container of one pool: (dict "root" $ "name" "a100" "pool" $pool
 "gpus" true|false). With gpus=false it is the driver beside a Ray worker (the Ray container
-holds the GPUs); with gpus=true it is the whole replica (Deployment workload).
+holds the GPUs and runs the engine's rank actors); with gpus=true it is the whole replica
+(Deployment workload).
 */}}
 {{- define "oss-serve.replicaContainer" -}}
 {{- $root := .root -}}
@@ -241,6 +245,9 @@ holds the GPUs); with gpus=true it is the whole replica (Deployment workload).
     {{- if not .gpus }}
     - name: RAY_ADDRESS
       value: "{{ include "oss-serve.rayClusterName" $root }}-head-svc:6379"
+    # the engine runs as Ray rank actors on the Ray worker's GPUs, also for TP x EP = 1
+    - name: OSS_SERVE_RAY_ENGINE
+      value: "true"
     {{- end }}
   securityContext:
     {{- include "oss-serve.containerSecurityContext" $root | nindent 4 }}
