@@ -19,8 +19,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.queue import ReplicaQueue
-from oss_serve.cluster.replica.service import ReplicaConfig, ReplicaService
+from oss_serve.cluster.replica.service import ReplicaService
 from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
 from oss_serve.streams.keys import RedisKeys
