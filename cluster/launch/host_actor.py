@@ -1,7 +1,7 @@
 """One model replica hosted in a Ray actor, for `oss-serve up`.
 
 The actor runs exactly what `oss-serve replica` runs (cluster/replica/host.py): the
-engine (single-process for TP = EP = 1, else a RayReplica whose ranks are actors of
+engine (single-process for TP = EP = 1, else a RayEngine whose ranks are actors of
 their own) behind ReplicaService on the Redis queue. The launcher drives it: `start`,
 `load_progress` while it loads (the weight bars), `wait_fatal` to notice an engine that
 died, `stop` to drain. It is an async actor, so those calls are answered while the
@@ -32,7 +32,7 @@ class ReplicaStarted:
     max_model_len: int
 
 
-class ReplicaActor:
+class ReplicaHostActor:
     """Hosts one replica; all methods run on the actor's event loop."""
 
     def __init__(self) -> None:
@@ -74,12 +74,12 @@ class ReplicaActor:
             await host.stop()
 
 
-def spawn_replica_actor(*, name: str, num_cpus: float, omp_threads: int) -> Any:
-    """A ReplicaActor with `num_cpus` reserved; its torch uses `omp_threads` threads.
+def spawn_replica_host_actor(*, name: str, num_cpus: float, omp_threads: int) -> Any:
+    """A ReplicaHostActor with `num_cpus` reserved; its torch uses `omp_threads` threads.
 
     max_concurrency lets `load_progress` and `wait_fatal` run beside a long `start`.
     """
-    actor_class = ray.remote(ReplicaActor)
+    actor_class = ray.remote(ReplicaHostActor)
     return actor_class.options(
         name=name,
         num_cpus=num_cpus,

@@ -19,7 +19,7 @@ import pytest_asyncio
 from openai_harmony import HarmonyEncodingName, Role, load_harmony_encoding
 
 from oss_serve import LLM
-from oss_serve.cluster.ray.engine import RayReplica
+from oss_serve.cluster.ray.engine import RayEngine
 from oss_serve.common.vocab import o200k_harmony, use_vocab_dir
 from oss_serve.protos import inference_pb2
 from oss_serve.workers.engine.sampling_params import InvalidRequestError, SamplingParams
@@ -29,7 +29,7 @@ from oss_serve.workers.runner.structured_output import (
     SPEC_ARG,
     sampling_params_from_args,
 )
-from tests.cluster.ray.ray_replicas import ReplicaPool, write_checkpoint
+from tests.cluster.ray.ray_engines import RayEnginePool, write_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ ENGINE_ARGS = {
     "max_model_len": 256,
     "skip_tokenizer_init": True,
 }
-REPLICAS = {"ep2": (1, 2, False), "tp2": (2, 1, False)}  # name -> ReplicaPool layout
+REPLICAS = {"ep2": (1, 2, False), "tp2": (2, 1, False)}  # name -> RayEnginePool layout
 ANSWER = {
     "type": "object",
     "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green"]}},
@@ -114,13 +114,13 @@ def reference(checkpoint) -> dict[str, list[int]]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def replicas(ray_runtime, checkpoint):
-    pool = ReplicaPool(checkpoint, ENGINE_ARGS, REPLICAS)
+    pool = RayEnginePool(checkpoint, ENGINE_ARGS, REPLICAS)
     yield pool.get
     await pool.shutdown()
 
 
 async def _generate(
-    replica: RayReplica,
+    replica: RayEngine,
     request_id: str,
     prompt: list[int],
     params: SamplingParams,
