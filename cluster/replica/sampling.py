@@ -1,5 +1,6 @@
 """A queued request's sampling parameters as the engine takes them: vLLM-named plain
-arguments, translated from the protobuf record here so the engine never sees the wire format."""
+arguments and a StructuredOutputSpec, translated from the protobuf record here so that the
+engine never sees the wire format."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from oss_serve.protos import inference_pb2
+from oss_serve.workers.engine.structured_output_spec import (
+    RESUME_ARG,
+    SPEC_ARG,
+    FunctionGrammar,
+    StructuredOutputSpec,
+)
 
 
 def engine_sampling_args(
@@ -31,8 +38,20 @@ def engine_sampling_args(
     if sampling.logit_bias:
         args["logit_bias"] = dict(sampling.logit_bias)
     if sampling.HasField("structured_output"):  # the host builds the grammar processor
-        args["extra_args"] = {
-            "structured_output": sampling.structured_output.SerializeToString(),
-            "structured_output_resume": list(emitted),
-        }
+        args[SPEC_ARG] = structured_output_spec(sampling.structured_output)
+        args[RESUME_ARG] = list(emitted)
     return args
+
+
+def structured_output_spec(message: inference_pb2.StructuredOutput) -> StructuredOutputSpec:
+    """The engine's plain spec of a queued request's constrained decoding."""
+    budget = message.reasoning_token_budget if message.HasField("reasoning_token_budget") else None
+    return StructuredOutputSpec(
+        raw=message.raw,
+        final_json_schema=message.final_json_schema,
+        functions=tuple(
+            FunctionGrammar(f.name, f.parameters_json_schema) for f in message.functions
+        ),
+        require_function_call=message.require_function_call,
+        reasoning_token_budget=budget,
+    )
