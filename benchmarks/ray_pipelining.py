@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from oss_serve.cluster.ray.executor import RayEngineOptions, RayExecutor
-    from oss_serve.cluster.ray.pipelined_core import PipelinedEngineCore
+    from oss_serve.workers.engine.pipelined_core import PipelinedEngineCore
 
     ray.init(include_dashboard=False, log_to_driver=False)
     config = EngineConfig(

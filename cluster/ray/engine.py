@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from oss_serve.cluster.ray.executor import RayEngineFailedError, RayEngineOptions, RayExecutor
-from oss_serve.cluster.ray.pipelined_core import PipelinedEngineCore
 from oss_serve.cluster.ray.rank_worker import RankHealth
 from oss_serve.common.logging import get_logger
 from oss_serve.workers.engine.admission import AdmissionCapacity
 from oss_serve.workers.engine.async_engine import AsyncEngine, EngineDeadError
 from oss_serve.workers.engine.engine_config import EngineConfig
+from oss_serve.workers.engine.engine_core import EngineCore
 from oss_serve.workers.engine.metrics import EngineStats
 from oss_serve.workers.engine.outputs import RequestOutput
+from oss_serve.workers.engine.pipelined_core import build_engine_core
 from oss_serve.workers.engine.sampling_params import SamplingParams
 
 log = get_logger(__name__)
@@ -55,18 +57,6 @@ class RayEngineCapacity:
     parameter_bytes_per_rank: tuple[int, ...]
     start_s: float
     warmup_s: float
-
-
-def build_engine_core(
-    config: EngineConfig, options: RayEngineOptions | None = None
-) -> PipelinedEngineCore:
-    """The engine core of a Ray replica (blocking: loads every shard). LLM uses this for TP/EP."""
-    executor = RayExecutor(config, options)
-    try:
-        return PipelinedEngineCore.from_config(config, executor)  # type: ignore[return-value]
-    except BaseException:
-        executor.shutdown()
-        raise
 
 
 class RayEngine:
@@ -96,7 +86,8 @@ class RayEngine:
         """Load, warm up and start serving; returns the KV capacity (blocks and tokens)."""
         if self.capacity is not None:
             return self.capacity
-        core = await asyncio.to_thread(build_engine_core, self.config, self.options)
+        start_ranks = functools.partial(RayExecutor, options=self.options)
+        core = await asyncio.to_thread(build_engine_core, self.config, start_ranks)
         self.executor = core.executor  # type: ignore[assignment]
         self.engine = AsyncEngine(self.config, core=core)
         await self.engine.start()
@@ -105,7 +96,7 @@ class RayEngine:
         log.info("ray engine started", **self.capacity.__dict__)
         return self.capacity
 
-    def _capacity(self, core: PipelinedEngineCore) -> RayEngineCapacity:
+    def _capacity(self, core: EngineCore) -> RayEngineCapacity:
         executor = self._executor()
         spec = executor.kv_cache_spec()
         blocks = core.kv_cache.num_usable_blocks

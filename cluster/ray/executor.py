@@ -3,7 +3,7 @@
 The scheduler and the KV-cache manager stay in the driver (the engine core); the actors
 hold the shards. Each step's SchedulerOutput is put into the object store once and every
 rank reads it; `submit` returns at once so the engine can post-process the previous step
-while the ranks compute (see pipelined_core.py), `StepHandle.result()` waits.
+while the ranks compute (workers/engine/pipelined_core.py), `StepHandle.result()` waits.
 
 Failure is all-or-nothing: a rank that dies or raises leaves the others blocked inside a
 collective, so the first error (noticed within `FAILURE_POLL_S`) kills every actor,

@@ -12,11 +12,24 @@ from oss_serve.cluster.ray.engine import RayEngine
 from oss_serve.cluster.ray.executor import RayEngineOptions
 from oss_serve.workers.engine.engine_config import EngineConfig
 from oss_serve.workers.model.checkpoint import save_checkpoint
-from oss_serve.workers.model.config import ModelConfig
+from oss_serve.workers.model.config import PRESETS, ModelConfig
 from oss_serve.workers.model.model import GptOss
 from oss_serve.workers.model.weights import init_random_weights
 
 Layout = tuple[int, int, bool]  # tensor_parallel_size, expert_parallel_size, experts over all
+# gpt-oss-tiny with a small vocabulary: 4 q heads, 2 KV heads, 8 experts (top 4), 4 layers
+# alternating a 16-token sliding window and full attention.
+SMALL_VOCAB_CONFIG = PRESETS["gpt-oss-tiny"].with_(vocab_size=512)
+ENGINE_ARGS = {
+    "dtype": "float32",
+    "device": "cpu",
+    "experts_format": "dense",
+    "block_size": 4,
+    "kv_cache_memory": 2 << 20,
+    "max_model_len": 160,
+    "max_num_batched_tokens": 64,  # long prompts are prefilled in chunks
+    "skip_tokenizer_init": True,
+}
 
 
 def write_checkpoint(config: ModelConfig, folder: Path, seed: int) -> Path:

@@ -99,14 +99,11 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(checkpoint) -> dict[str, list[int]]:
     """The single-process engine's tokens for each request (one batch)."""
-    llm = LLM(str(checkpoint), **ENGINE_ARGS)
-    try:
+    with LLM(str(checkpoint), **ENGINE_ARGS) as llm:
         outputs = llm.generate(
             [{"prompt_token_ids": prompt} for prompt, _ in REQUESTS.values()],
             [_params(spec) for _, spec in REQUESTS.values()],
         )
-    finally:
-        llm.llm_engine.shutdown()
     return {name: list(o.outputs[0].token_ids) for name, o in zip(REQUESTS, outputs, strict=True)}
 
 

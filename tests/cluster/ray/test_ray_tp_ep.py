@@ -25,26 +25,18 @@ from oss_serve.cluster.ray.engine import EngineDrainingError, RayEngine
 from oss_serve.cluster.ray.executor import RayEngineFailedError, RayEngineOptions
 from oss_serve.workers.engine.async_engine import EngineDeadError
 from oss_serve.workers.engine.engine_config import EngineConfig
-from oss_serve.workers.model.config import PRESETS
 from oss_serve.workers.model.model import GptOss
-from tests.cluster.ray.ray_engines import RayEnginePool, write_checkpoint
+from tests.cluster.ray.ray_engines import (
+    ENGINE_ARGS,
+    SMALL_VOCAB_CONFIG,
+    RayEnginePool,
+    write_checkpoint,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LOGPROB_TOLERANCE = 1e-4
-# gpt-oss-tiny with a small vocabulary: 4 q heads, 2 KV heads, 8 experts (top 4), 4 layers
-# alternating a 16-token sliding window and full attention.
-CONFIG = PRESETS["gpt-oss-tiny"].with_(vocab_size=512)
-ENGINE_ARGS = {
-    "dtype": "float32",
-    "device": "cpu",
-    "experts_format": "dense",
-    "block_size": 4,
-    "kv_cache_memory": 2 << 20,
-    "max_model_len": 160,
-    "max_num_batched_tokens": 64,  # long prompts are prefilled in chunks
-    "skip_tokenizer_init": True,
-}
+CONFIG = SMALL_VOCAB_CONFIG
 REPLICAS = {  # name -> (tensor_parallel_size, expert_parallel_size, experts_across_all_ranks)
     "ep2": (1, 2, False),
     "tp2xep2": (2, 2, False),
@@ -136,8 +128,7 @@ def _assert_same_answers(got, expected) -> None:
 def test_llm_with_tensor_parallel_size_2_matches_the_single_process_engine(
     ray_runtime, checkpoint, reference
 ):
-    llm = LLM(str(checkpoint), tensor_parallel_size=2, **ENGINE_ARGS)
-    try:
+    with LLM(str(checkpoint), tensor_parallel_size=2, **ENGINE_ARGS) as llm:
         workload = _workload()
         outputs = llm.generate(
             [{"prompt_token_ids": p} for p, _ in workload], [params for _, params in workload]
@@ -145,8 +136,6 @@ def test_llm_with_tensor_parallel_size_2_matches_the_single_process_engine(
         _assert_same_answers([_summary(o) for o in outputs], reference)
         reports = llm.llm_engine.executor.shard_reports  # type: ignore[attr-defined]
         assert [(r.tp_rank, r.tp_size, r.ep_size) for r in reports] == [(0, 2, 1), (1, 2, 1)]
-    finally:
-        llm.llm_engine.shutdown()
 
 
 @pytest.mark.asyncio(loop_scope="module")
