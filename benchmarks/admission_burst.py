@@ -77,8 +77,9 @@ async def _burst(
 async def _run(args: argparse.Namespace, redis_url: str) -> dict[str, list[list[float]]]:
     import torch
 
+    from oss_serve.cluster.replica.config import ReplicaConfig
     from oss_serve.cluster.replica.queue import ReplicaQueue
-    from oss_serve.cluster.replica.service import ReplicaConfig, ReplicaService
+    from oss_serve.cluster.replica.service import ReplicaService
     from oss_serve.common.settings import Settings
     from oss_serve.router.server import RouterServer
     from oss_serve.streams.keys import RedisKeys

@@ -43,15 +43,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from oss_serve.cluster.ray.executor import RayExecutor, RayReplicaOptions
-    from oss_serve.cluster.ray.pipelined_core import PipelinedEngineCore
+    from oss_serve.cluster.ray.executor import RayEngineOptions, RayExecutor
+    from oss_serve.workers.engine.pipelined_core import PipelinedEngineCore
 
     ray.init(include_dashboard=False, log_to_driver=False)
     config = EngineConfig(
         model=args.model, tensor_parallel_size=args.tp, dtype="float32", device="cpu",
         experts_format="dense", kv_cache_memory=64 << 20, max_model_len=512,
     )  # fmt: skip
-    executor = RayExecutor(config, RayReplicaOptions(cpus_per_rank=0.5))
+    executor = RayExecutor(config, RayEngineOptions(cpus_per_rank=0.5))
     cores = {
         "plain": EngineCore.from_config(config, executor),
         "pipelined": PipelinedEngineCore.from_config(config, executor),

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY_EXPORTS: dict[str, str] = {
-    "LLM": "oss_serve.workers.engine.llm",
+    "LLM": "oss_serve.llm",
     "SamplingParams": "oss_serve.workers.engine.sampling_params",
     "RequestOutput": "oss_serve.workers.engine.outputs",
     "CompletionOutput": "oss_serve.workers.engine.outputs",

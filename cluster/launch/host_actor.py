@@ -1,7 +1,7 @@
 """One model replica hosted in a Ray actor, for `oss-serve up`.
 
 The actor runs exactly what `oss-serve replica` runs (cluster/replica/host.py): the
-engine (single-process for TP = EP = 1, else a RayReplica whose ranks are actors of
+engine (single-process for TP = EP = 1, else a RayEngine whose ranks are actors of
 their own) behind ReplicaService on the Redis queue. The launcher drives it: `start`,
 `load_progress` while it loads (the weight bars), `wait_fatal` to notice an engine that
 died, `stop` to drain. It is an async actor, so those calls are answered while the
@@ -34,7 +34,7 @@ class ReplicaStarted:
     gpu_ids: tuple[str, ...] = ()  # the GPU this actor holds (TP x EP = 1 on GPUs)
 
 
-class ReplicaActor:
+class ReplicaHostActor:
     """Hosts one replica; all methods run on the actor's event loop."""
 
     def __init__(self) -> None:
@@ -82,13 +82,13 @@ class ReplicaActor:
             await host.stop()
 
 
-def spawn_replica_actor(*, name: str, resources: RankResources, omp_threads: int) -> Any:
-    """A ReplicaActor holding `resources` (its GPU and pool with TP x EP = 1); its torch uses
-    `omp_threads` threads.
+def spawn_replica_host_actor(*, name: str, resources: RankResources, omp_threads: int) -> Any:
+    """A ReplicaHostActor holding `resources` (its GPU and pool with TP x EP = 1); its torch
+    uses `omp_threads` threads.
 
     max_concurrency lets `load_progress` and `wait_fatal` run beside a long `start`.
     """
-    actor_class = ray.remote(ReplicaActor)
+    actor_class = ray.remote(ReplicaHostActor)
     return actor_class.options(
         name=name,
         **resources.actor_options(),

@@ -38,7 +38,7 @@ from ray.util import get_placement_group
 from ray.util.placement_group import remove_placement_group
 
 from oss_serve.cluster.launch.console import Endpoints, UpConsole
-from oss_serve.cluster.launch.host_actor import ReplicaStarted, spawn_replica_actor
+from oss_serve.cluster.launch.host_actor import ReplicaStarted, spawn_replica_host_actor
 from oss_serve.cluster.launch.local_processes import StartedProcesses
 from oss_serve.cluster.launch.local_redis import LocalRedis
 from oss_serve.cluster.ray import placement
@@ -376,7 +376,7 @@ class Launcher:
             resources, threads = replica_reservation(self.plan, self._use_gpu)
         except PlacementError as err:
             raise LaunchError(str(err)) from err
-        replica.actor = spawn_replica_actor(
+        replica.actor = spawn_replica_host_actor(
             name=replica.replica_id, resources=resources, omp_threads=threads
         )
         settings = self.settings.model_copy(update={"replica_id": replica.replica_id})

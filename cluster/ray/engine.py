@@ -1,35 +1,38 @@
-"""A model replica as a Ray actor group, behind the AsyncEngine interface the replica host uses.
+"""An engine whose ranks are Ray actors (one per GPU, TP x EP), behind the AsyncEngine
+interface that the replica host uses.
 
 Lifecycle: `start()` reserves the placement group, starts one actor per rank, loads the
 shards, sizes and allocates the KV cache, warms up, and reports the KV capacity;
 `health()` asks every actor to answer; `drain()` takes no new requests and waits for the
 running ones; `shutdown()` stops the engine, the actors and the placement group. A rank
 that dies fails the whole replica within about a second (mid-step) or one health
-interval (idle) with `ReplicaFailedError`; open requests end with `EngineDeadError`
+interval (idle) with `RayEngineFailedError`; open requests end with `EngineDeadError`
 naming the rank, and `is_running` turns False so the host can exit and re-queue.
 
-    replica = RayReplica(EngineConfig(model=..., tensor_parallel_size=2, expert_parallel_size=2))
-    await replica.start()
-    async for out in replica.generate("id", prompt_token_ids, SamplingParams(max_tokens=16)): ...
+    engine = RayEngine(EngineConfig(model=..., tensor_parallel_size=2, expert_parallel_size=2))
+    await engine.start()
+    async for out in engine.generate("id", prompt_token_ids, SamplingParams(max_tokens=16)): ...
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from oss_serve.cluster.ray.executor import RayExecutor, RayReplicaOptions, ReplicaFailedError
-from oss_serve.cluster.ray.pipelined_core import PipelinedEngineCore
+from oss_serve.cluster.ray.executor import RayEngineFailedError, RayEngineOptions, RayExecutor
 from oss_serve.cluster.ray.rank_worker import RankHealth
 from oss_serve.common.logging import get_logger
 from oss_serve.workers.engine.admission import AdmissionCapacity
 from oss_serve.workers.engine.async_engine import AsyncEngine, EngineDeadError
 from oss_serve.workers.engine.engine_config import EngineConfig
+from oss_serve.workers.engine.engine_core import EngineCore
 from oss_serve.workers.engine.metrics import EngineStats
 from oss_serve.workers.engine.outputs import RequestOutput
+from oss_serve.workers.engine.pipelined_core import build_engine_core
 from oss_serve.workers.engine.sampling_params import SamplingParams
 
 log = get_logger(__name__)
@@ -38,13 +41,13 @@ HEALTH_INTERVAL_S = 2.0
 DRAIN_POLL_S = 0.05
 
 
-class ReplicaDrainingError(EngineDeadError):
-    """The replica is draining: it finishes what it runs and takes nothing new."""
+class EngineDrainingError(EngineDeadError):
+    """The engine is draining: it finishes what it runs and takes nothing new."""
 
 
 @dataclass(frozen=True)
-class ReplicaCapacity:
-    """What a started replica reports: KV room, shard sizes, start-up times."""
+class RayEngineCapacity:
+    """What a started RayEngine reports: KV room, shard sizes, start-up times."""
 
     world_size: int
     kv_blocks_total: int
@@ -56,57 +59,48 @@ class ReplicaCapacity:
     warmup_s: float
 
 
-def build_engine_core(
-    config: EngineConfig, options: RayReplicaOptions | None = None
-) -> PipelinedEngineCore:
-    """The engine core of a Ray replica (blocking: loads every shard). LLM uses this for TP/EP."""
-    executor = RayExecutor(config, options)
-    try:
-        return PipelinedEngineCore.from_config(config, executor)  # type: ignore[return-value]
-    except BaseException:
-        executor.shutdown()
-        raise
+class RayEngine:
+    """A TP/EP replica's engine: the scheduler in this process, the shards in rank actors."""
 
-
-class RayReplica:
     def __init__(
         self,
         config: EngineConfig | None = None,
         *,
-        options: RayReplicaOptions | None = None,
+        options: RayEngineOptions | None = None,
         health_interval_s: float = HEALTH_INTERVAL_S,
         **engine_args: Any,
     ) -> None:
         self.config = config or EngineConfig.from_kwargs(**engine_args)
-        self.options = options or RayReplicaOptions()
+        self.options = options or RayEngineOptions()
         self.health_interval_s = health_interval_s
         self.engine: AsyncEngine | None = None
         self.executor: RayExecutor | None = None
-        self.capacity: ReplicaCapacity | None = None
+        self.capacity: RayEngineCapacity | None = None
         self.failed = asyncio.Event()
         self._draining = False
         self._active_requests = 0
         self._monitor: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
-    async def start(self) -> ReplicaCapacity:
+    async def start(self) -> RayEngineCapacity:
         """Load, warm up and start serving; returns the KV capacity (blocks and tokens)."""
         if self.capacity is not None:
             return self.capacity
-        core = await asyncio.to_thread(build_engine_core, self.config, self.options)
+        start_ranks = functools.partial(RayExecutor, options=self.options)
+        core = await asyncio.to_thread(build_engine_core, self.config, start_ranks)
         self.executor = core.executor  # type: ignore[assignment]
         self.engine = AsyncEngine(self.config, core=core)
         await self.engine.start()
         self.capacity = self._capacity(core)
         self._monitor = asyncio.create_task(self._watch_health())
-        log.info("ray replica started", **self.capacity.__dict__)
+        log.info("ray engine started", **self.capacity.__dict__)
         return self.capacity
 
-    def _capacity(self, core: PipelinedEngineCore) -> ReplicaCapacity:
+    def _capacity(self, core: EngineCore) -> RayEngineCapacity:
         executor = self._executor()
         spec = executor.kv_cache_spec()
         blocks = core.kv_cache.num_usable_blocks
-        return ReplicaCapacity(
+        return RayEngineCapacity(
             world_size=executor.topology.world_size,
             kv_blocks_total=blocks,
             block_size=spec.block_size,
@@ -118,7 +112,7 @@ class RayReplica:
         )
 
     async def health(self, timeout_s: float | None = None) -> list[RankHealth]:
-        """Every rank answers within the timeout, or the replica fails (ReplicaFailedError)."""
+        """Every rank answers within the timeout, or the replica fails (RayEngineFailedError)."""
         return await asyncio.to_thread(self._executor().check_health, timeout_s)
 
     async def drain(self, timeout_s: float | None = None) -> bool:
@@ -143,7 +137,7 @@ class RayReplica:
         elif self.executor is not None:
             self.executor.shutdown()
 
-    async def wait_failed(self) -> ReplicaFailedError:
+    async def wait_failed(self) -> RayEngineFailedError:
         """Resolves when a rank has failed (for a host that should exit and re-queue)."""
         await self.failed.wait()
         failure = self._executor().failure
@@ -157,11 +151,11 @@ class RayReplica:
             await asyncio.sleep(self.health_interval_s)
             try:
                 await self.health()
-            except ReplicaFailedError:
+            except RayEngineFailedError:
                 break
             except Exception as exc:  # Ray shutting down under us
                 log.warning("health check failed", error=str(exc))
-        log.error("ray replica failed", error=str(executor.failure))
+        log.error("ray engine failed", error=str(executor.failure))
         self.failed.set()
 
     # --- the AsyncEngine interface ------------------------------------------------------------
@@ -187,7 +181,7 @@ class RayReplica:
         """AsyncEngine.generate; refuses new requests while draining or after a failure."""
         engine = self._engine()
         if self._draining:
-            raise ReplicaDrainingError("the replica is draining and takes no new requests")
+            raise EngineDrainingError("the engine is draining and takes no new requests")
         self._active_requests += 1
         try:
             async for output in engine.generate(
@@ -203,7 +197,7 @@ class RayReplica:
 
     def stats(self) -> EngineStats:
         if self.engine is None:
-            raise EngineDeadError("the replica has not started")
+            raise EngineDeadError("the engine has not started")
         return self.engine.stats()
 
     def can_admit(self, num_prompt_tokens: int) -> bool:
@@ -220,10 +214,10 @@ class RayReplica:
         if self.executor is not None and self.executor.failure is not None:
             raise EngineDeadError(str(self.executor.failure))
         if self.engine is None:
-            raise EngineDeadError("the replica is not running (call `await replica.start()`)")
+            raise EngineDeadError("the engine is not running (call `await engine.start()`)")
         return self.engine
 
     def _executor(self) -> RayExecutor:
         if self.executor is None:
-            raise EngineDeadError("the replica has not started")
+            raise EngineDeadError("the engine has not started")
         return self.executor

@@ -3,11 +3,11 @@
 The scheduler and the KV-cache manager stay in the driver (the engine core); the actors
 hold the shards. Each step's SchedulerOutput is put into the object store once and every
 rank reads it; `submit` returns at once so the engine can post-process the previous step
-while the ranks compute (see pipelined_core.py), `StepHandle.result()` waits.
+while the ranks compute (workers/engine/pipelined_core.py), `StepHandle.result()` waits.
 
 Failure is all-or-nothing: a rank that dies or raises leaves the others blocked inside a
 collective, so the first error (noticed within `FAILURE_POLL_S`) kills every actor,
-releases the placement group and raises `ReplicaFailedError` naming the rank. Requests
+releases the placement group and raises `RayEngineFailedError` naming the rank. Requests
 then fail with that error and the replica's host re-queues them.
 """
 
@@ -46,13 +46,13 @@ WARMUP_REQUEST_ID = "__oss_serve_warmup__"
 FORWARDED_ENV_PREFIXES = ("OSS_SERVE_", "NCCL_", "GLOO_")
 
 
-class ReplicaFailedError(RuntimeError):
-    """A rank of the replica died, raised or stopped answering; the replica is stopped."""
+class RayEngineFailedError(RuntimeError):
+    """A rank died, raised or stopped answering; every rank of the engine is stopped."""
 
 
 @dataclass(frozen=True)
-class RayReplicaOptions:
-    """How a replica uses Ray (the model and parallel sizes live in EngineConfig)."""
+class RayEngineOptions:
+    """How a RayEngine uses Ray (the model and parallel sizes live in EngineConfig)."""
 
     ray_address: str | None = None  # None: this process's Ray, else start a local one
     placement_strategy: str = "STRICT_PACK"
@@ -67,7 +67,7 @@ class RayReplicaOptions:
     pool: str | None = None  # GPU pool: ranks land only on nodes advertising its resource
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RayReplicaOptions:
+    def from_settings(cls, settings: Any) -> RayEngineOptions:
         """The Ray fields of common.settings.Settings (ray_address, placement, EP layout)."""
         return cls(
             ray_address=settings.ray_address,
@@ -91,16 +91,16 @@ class StepHandle:
 class RayExecutor:
     """The engine's Executor for a TP x EP replica of Ray actors (one per GPU)."""
 
-    def __init__(self, config: EngineConfig, options: RayReplicaOptions | None = None) -> None:
+    def __init__(self, config: EngineConfig, options: RayEngineOptions | None = None) -> None:
         if config.model is None:
             raise ValueError("EngineConfig.model is required (a checkpoint folder or preset)")
-        self.options = options or RayReplicaOptions()
+        self.options = options or RayEngineOptions()
         self.topology = ReplicaTopology(
             config.tensor_parallel_size,
             config.expert_parallel_size,
             self.options.experts_across_all_ranks,
         )
-        self.failure: ReplicaFailedError | None = None
+        self.failure: RayEngineFailedError | None = None
         self._lock = threading.Lock()
         self._step_index = 0
         self._last_tokens: dict[str, int] = {}
@@ -307,11 +307,11 @@ class RayExecutor:
         cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
         return f"{self.topology.describe(rank)} raised during {what}: {cause!r}"
 
-    def _fail(self, reason: str) -> ReplicaFailedError:
+    def _fail(self, reason: str) -> RayEngineFailedError:
         """Record the first failure, stop every actor and the placement group; returns the error."""
         with self._lock:
             if self.failure is None:
-                self.failure = ReplicaFailedError(
+                self.failure = RayEngineFailedError(
                     f"replica failed: {reason}; all {self.topology.world_size} ranks were stopped"
                 )
                 log.error("replica failed", reason=reason)

@@ -1,7 +1,7 @@
 """Run one replica in this process: its engine behind ReplicaService.
 
 The engine is a single-process AsyncEngine for TP = EP = 1 (unless `ray_engine`), else a
-Ray actor group (cluster/ray/engine.py: RayReplica) with the same interface; the queue, the
+Ray actor group (cluster/ray/engine.py: RayEngine) with the same interface; the queue, the
 links to the routers and the lifecycle are the same either way. `oss-serve replica` runs
 `run_replica`; `oss-serve up` hosts the same `start_replica_host` inside a Ray actor.
 """
@@ -19,8 +19,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.queue import ReplicaQueue
-from oss_serve.cluster.replica.service import ReplicaConfig, ReplicaService
+from oss_serve.cluster.replica.service import ReplicaService
 from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
 from oss_serve.streams.keys import RedisKeys
@@ -67,15 +68,15 @@ def build_engine(
     )
     sharded = settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1
     if sharded or settings.ray_engine:
-        from oss_serve.cluster.ray.engine import RayReplica
-        from oss_serve.cluster.ray.executor import RayReplicaOptions
+        from oss_serve.cluster.ray.engine import RayEngine
+        from oss_serve.cluster.ray.executor import RayEngineOptions
 
         # the placement group is named after the replica, so a host that replaces a dead
         # one can release it (a group outlives the actor that made it: it is the job's)
         options = dataclasses.replace(
-            RayReplicaOptions.from_settings(settings), name=settings.replica_id or ""
+            RayEngineOptions.from_settings(settings), name=settings.replica_id or ""
         )
-        return RayReplica(config, options=options)
+        return RayEngine(config, options=options)
     if load_progress is None:
         return AsyncEngine(config)
     from oss_serve.workers.model.weights import load_model
@@ -101,7 +102,7 @@ def sampling_params_factory() -> Any:
 
 
 def _engine_max_model_len(engine: Any) -> int:
-    """AsyncEngine has `.core`; a RayReplica wraps its AsyncEngine in `.engine`."""
+    """AsyncEngine has `.core`; a RayEngine wraps its AsyncEngine in `.engine`."""
     core = engine.core if hasattr(engine, "core") else engine.engine.core
     return int(core.max_model_len)
 

@@ -27,7 +27,7 @@ from tests.e2e.up_process import UpProcess, left_behind
 def component(process: psutil.Process) -> str:
     text = " ".join(process.cmdline()) or process.name()
     for marker, label in (
-        ("ReplicaActor", "replica actor"),
+        ("ReplicaHostActor", "replica actor"),
         ("oss_serve.cli up", "oss-serve up (router + driver)"),
         ("redis-server", "redis-server"),
         ("gcs_server", "ray gcs_server"),

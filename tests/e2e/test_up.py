@@ -229,7 +229,7 @@ def test_bench_measures_the_stack_as_its_own_counters_do(up: UpProcess, tmp_path
 
 
 def test_a_replica_whose_process_dies_is_restarted_and_serves_again(up: UpProcess, client):
-    actors = [p for p in up.tree() if "ReplicaActor" in " ".join(p.cmdline())]
+    actors = [p for p in up.tree() if "ReplicaHostActor" in " ".join(p.cmdline())]
     assert len(actors) == 1
     actors[0].kill()
     deadline = time.monotonic() + 90
@@ -246,7 +246,7 @@ def test_a_replica_whose_process_dies_is_restarted_and_serves_again(up: UpProces
 def test_sigterm_stops_everything_in_order_with_no_process_left(up: UpProcess):
     processes = up.tree()
     names = " ".join(p.name() for p in processes)
-    assert "redis-server" in names and "raylet" in names and "ReplicaActor" in names, names
+    assert "redis-server" in names and "raylet" in names and "ReplicaHostActor" in names, names
     assert up.terminate() == 0, up.output()
     assert left_behind(processes) == []
     output = up.output()

@@ -1,5 +1,5 @@
 """`oss-serve up --expert-parallel-size 2`: the replica's ranks run as Ray actors of their own
-(RayReplica inside the replica actor), the demo model answers as it does in one process (a
+(RayEngine inside the replica actor), the demo model answers as it does in one process (a
 plain answer, a get_weather tool call and a json_schema answer, whose grammars are rebuilt
 on the ranks), a schema that cannot be compiled fails only its request (400), and a replica
 whose actor dies comes back with new ranks.
@@ -50,7 +50,7 @@ def test_an_expert_parallel_replica_serves_restarts_and_stops_cleanly(tmp_path):
         seen = up.tree()
         # the replica actor dies: its ranks go with it; the launcher releases the replica's
         # placement group (else the new ranks could not be placed) and starts it again
-        [actor] = [p for p in seen if "ReplicaActor" in " ".join(p.cmdline())]
+        [actor] = [p for p in seen if "ReplicaHostActor" in " ".join(p.cmdline())]
         actor.kill()
         deadline = time.monotonic() + 120
         while "✓ replica 0 restarted" not in up.output():

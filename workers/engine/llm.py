@@ -1,32 +1,44 @@
 """The offline API, shaped like vLLM's so that users' scripts port:
 
 from oss_serve import LLM, SamplingParams
-llm = LLM(model="gpt-oss-tiny", dtype="float32")
-outputs = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=16))
+with LLM(model="gpt-oss-tiny", dtype="float32") as llm:
+    outputs = llm.generate(["Hello"], SamplingParams(temperature=0, max_tokens=16))
 print(outputs[0].outputs[0].text)
+
+The engine does not know where its model runs: LLM takes an executor factory, by default
+the model in this process. `from oss_serve import LLM` (oss_serve/llm.py) adds Ray's
+for tensor_parallel_size or expert_parallel_size above 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from oss_serve.workers.engine.detokenizer import Tokenizer
 from oss_serve.workers.engine.engine_config import EngineConfig
 from oss_serve.workers.engine.engine_core import EngineCore
 from oss_serve.workers.engine.outputs import RequestOutput
+from oss_serve.workers.engine.pipelined_core import build_engine_core
 from oss_serve.workers.engine.sampling_params import (
     InvalidRequestError,
     RequestOutputKind,
     SamplingParams,
 )
+from oss_serve.workers.runner.executor import ExecutorFactory, LocalExecutor
 
 PromptType = str | Mapping[str, Any]
 
 
 class LLM:
-    """Generate from a batch of prompts with one engine in this process."""
+    """Generate from a batch of prompts with one engine driven from this process.
+
+    `shutdown()`, leaving a `with` block or `del llm` stops the executor: for a TP/EP
+    engine, its rank actors and their placement group, so that another LLM can have them."""
+
+    _shut_down = False  # a class default, so that an __init__ that raised shuts nothing down
 
     def __init__(
         self,
@@ -39,6 +51,7 @@ class LLM:
         tensor_parallel_size: int = 1,
         expert_parallel_size: int = 1,
         seed: int = 0,
+        executor_factory: ExecutorFactory = LocalExecutor,
         **engine_args: Any,
     ) -> None:
         self.config = EngineConfig.from_kwargs(
@@ -52,13 +65,25 @@ class LLM:
             seed=seed,
             **engine_args,
         )
-        if tensor_parallel_size > 1 or expert_parallel_size > 1:
-            from oss_serve.cluster.ray.engine import build_engine_core  # a Ray actor per rank
-
-            self.llm_engine: EngineCore = build_engine_core(self.config)
-        else:
-            self.llm_engine = EngineCore.from_config(self.config)
+        self.llm_engine: EngineCore = build_engine_core(self.config, executor_factory)
         self._request_counter = itertools.count()
+
+    def shutdown(self) -> None:
+        """Stop the engine and release what its executor holds (idempotent)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        self.llm_engine.shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit Ray may already be gone
+            self.shutdown()
 
     def get_tokenizer(self) -> Tokenizer | None:
         return self.llm_engine.output_processor.tokenizer
@@ -72,6 +97,8 @@ class LLM:
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in the prompts' order."""
+        if self._shut_down:
+            raise RuntimeError("this LLM was shut down: create a new one to generate")
         prompt_list = [prompts] if isinstance(prompts, str | Mapping) else list(prompts)
         params_list = self._params_per_prompt(sampling_params, len(prompt_list))
         request_ids: list[str] = []

@@ -7,6 +7,7 @@ ModelRunner per rank) and returns rank 0's ModelRunnerOutput; the engine does no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +47,11 @@ class Executor(Protocol):
     def execute_model(self, scheduled: SchedulerOutput) -> ModelRunnerOutput: ...
 
     def shutdown(self) -> None: ...
+
+
+# Starts an engine's executor for a config: LocalExecutor (the model in this process) or a
+# TP/EP engine's ranks (cluster/ray/executor.py's RayExecutor); LLM takes one.
+ExecutorFactory = Callable[[EngineConfig], Executor]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -113,8 +119,9 @@ class LocalExecutor:
         sharded = config.tensor_parallel_size > 1 or config.expert_parallel_size > 1
         if sharded and parallel.is_single:
             raise ValueError(
-                "tensor_parallel_size/expert_parallel_size > 1 need the Ray cluster executor "
-                "(oss_serve.cluster), which this process does not have; use 1 here"
+                "tensor_parallel_size/expert_parallel_size > 1 need an executor that starts "
+                "the ranks (`from oss_serve import LLM` uses Ray's); this one runs the whole "
+                "model in this process"
             )
         self.config = config
         self.device = resolve_device(config.device)

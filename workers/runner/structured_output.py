@@ -37,13 +37,16 @@ from oss_serve.common.vocab import (
     VOCAB_SIZE,
     o200k_harmony,
 )
-from oss_serve.protos import inference_pb2
 from oss_serve.workers.engine.sampling_params import InvalidRequestError, SamplingParams
+from oss_serve.workers.engine.structured_output_spec import (
+    RESUME_ARG,
+    SPEC_ARG,
+    FunctionGrammar,
+    StructuredOutputSpec,
+)
 from oss_serve.workers.runner.logits_processors import RequestLogitsProcessor
 
 log = get_logger(__name__)
-SPEC_ARG = "structured_output"  # SamplingParams.extra_args key: the serialized StructuredOutput
-RESUME_ARG = "structured_output_resume"  # ... and the tokens already emitted (resumed request)
 ANY_JSON_OBJECT: dict[str, Any] = {"type": "object"}
 MAX_JSON_WHITESPACE = 2  # a random or confused model must not pad JSON forever
 _SPECIAL_IDS: list[int | str] = sorted(SPECIAL_TOKENS.values())
@@ -78,11 +81,10 @@ def _compiler() -> xgr.GrammarCompiler:
 
 
 @functools.lru_cache(maxsize=256)
-def compile_spec(spec_bytes: bytes) -> xgr.CompiledGrammar:
-    """The compiled grammar of a serialized StructuredOutput (cached: clients repeat schemas).
+def compile_spec(spec: StructuredOutputSpec) -> xgr.CompiledGrammar:
+    """The compiled grammar of a spec (cached: clients repeat schemas).
 
     Raises InvalidRequestError naming the schema when xgrammar cannot compile it."""
-    spec = inference_pb2.StructuredOutput.FromString(spec_bytes)
     try:
         tag = harmony_structural_tag(spec) if not spec.raw else None
         with _compile_lock:
@@ -136,7 +138,7 @@ def _message(channel: str, content: st.Format, end: int) -> st.SequenceFormat:
     return st.SequenceFormat(elements=elements)
 
 
-def _function_call(function: inference_pb2.FunctionGrammar) -> st.OrFormat:
+def _function_call(function: FunctionGrammar) -> st.OrFormat:
     """Both header layouts the model uses: recipient before or after the channel."""
     name = function.name
     arguments = _json(_schema(function.parameters_json_schema, f"tools[{name}].parameters"))
@@ -164,7 +166,7 @@ def _function_call(function: inference_pb2.FunctionGrammar) -> st.OrFormat:
     )
 
 
-def harmony_structural_tag(spec: inference_pb2.StructuredOutput) -> st.StructuralTag:
+def harmony_structural_tag(spec: StructuredOutputSpec) -> st.StructuralTag:
     """(analysis | preamble)* then the answer: a final message or a function call.
 
     With a reasoning budget: at most one analysis message of at most that many tokens and
@@ -177,7 +179,7 @@ def harmony_structural_tag(spec: inference_pb2.StructuredOutput) -> st.Structura
     if not answers:
         raise InvalidRequestError("tool_choice requires a tool, but no tools were given", "tools")
     answer = answers[0] if len(answers) == 1 else st.OrFormat(elements=answers)
-    if spec.HasField("reasoning_token_budget"):
+    if spec.reasoning_token_budget is not None:
         analysis = _message("analysis", _free_text(max(0, spec.reasoning_token_budget)), END)
         lead_in: st.Format = st.OptionalFormat(
             content=st.SequenceFormat(elements=[analysis, next_message])
@@ -210,16 +212,16 @@ class StructuredOutputProcessor(RequestLogitsProcessor):
         self,
         grammar: xgr.CompiledGrammar,
         resume_token_ids: Sequence[int] = (),
-        spec_bytes: bytes | None = None,  # the serialized spec it was compiled from, if any
+        spec: StructuredOutputSpec | None = None,  # the spec it was compiled from, if any
     ) -> None:
         self._matcher = xgr.GrammarMatcher(grammar)
-        self._spec_bytes = spec_bytes
+        self._spec = spec
         self.broken = False  # a token outside the grammar was forced in: stop masking
         for token_id in resume_token_ids:
             self.accept_token(int(token_id))
 
     def recipe(self) -> StructuredOutputRecipe | None:
-        return None if self._spec_bytes is None else StructuredOutputRecipe(self._spec_bytes)
+        return None if self._spec is None else StructuredOutputRecipe(self._spec)
 
     def accept_token(self, token_id: int) -> None:
         if self.broken or self._matcher.is_terminated():
@@ -231,7 +233,7 @@ class StructuredOutputProcessor(RequestLogitsProcessor):
     def fork(self) -> StructuredOutputProcessor:
         twin = StructuredOutputProcessor.__new__(StructuredOutputProcessor)
         twin._matcher = self._matcher.fork()
-        twin._spec_bytes = self._spec_bytes
+        twin._spec = self._spec
         twin.broken = self.broken
         return twin
 
@@ -272,9 +274,9 @@ class StructuredOutputProcessor(RequestLogitsProcessor):
 
 
 def make_processor(
-    spec_bytes: bytes, resume_token_ids: Sequence[int] = ()
+    spec: StructuredOutputSpec, resume_token_ids: Sequence[int] = ()
 ) -> StructuredOutputProcessor:
-    return StructuredOutputProcessor(compile_spec(spec_bytes), resume_token_ids, spec_bytes)
+    return StructuredOutputProcessor(compile_spec(spec), resume_token_ids, spec)
 
 
 @dataclass(frozen=True)
@@ -282,19 +284,19 @@ class StructuredOutputRecipe:
     """What a TP/EP rank needs to rebuild a request's matcher: the spec, never the matcher
     (xgrammar's GrammarMatcher cannot be pickled); compiled once per spec per process."""
 
-    spec_bytes: bytes
+    spec: StructuredOutputSpec
 
     def build(self, output_token_ids: Sequence[int]) -> StructuredOutputProcessor:
-        return make_processor(self.spec_bytes, output_token_ids)
+        return make_processor(self.spec, output_token_ids)
 
 
 def sampling_params_from_args(args: dict[str, Any]) -> SamplingParams:
-    """SamplingParams of a queued request, with its structured-output processor built from
-    `extra_args` (the replica host's `make_sampling_params`)."""
-    extra = dict(args.get("extra_args") or {})
-    spec_bytes = extra.pop(SPEC_ARG, None)
-    resume = extra.pop(RESUME_ARG, ())
-    values = {**args, "extra_args": extra or None}
-    if spec_bytes:
-        values["logits_processors"] = [make_processor(spec_bytes, resume)]
+    """SamplingParams from vLLM-named arguments plus a StructuredOutputSpec under SPEC_ARG
+    (and the tokens already emitted under RESUME_ARG), whose grammar processor is built
+    here (the replica host's `make_sampling_params`)."""
+    values = dict(args)
+    spec = values.pop(SPEC_ARG, None)
+    resume = values.pop(RESUME_ARG, ())
+    if spec is not None:
+        values["logits_processors"] = [make_processor(spec, resume)]
     return SamplingParams.from_dict(values)

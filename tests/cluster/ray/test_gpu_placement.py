@@ -15,7 +15,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from oss_serve.cluster.launch.host_actor import spawn_replica_actor
+from oss_serve.cluster.launch.host_actor import spawn_replica_host_actor
 from oss_serve.cluster.launch.launcher import (
     LaunchError,
     LaunchPlan,
@@ -67,7 +67,7 @@ def test_single_rank_replicas_each_hold_a_distinct_gpu_of_their_pool(gpu_cluster
     resources, _ = replica_reservation(launch, use_gpu=True)
     assert resources.bundle() == {"CPU": resources.num_cpus, "GPU": 1.0, "oss-serve-pool-a": 1.0}
     actors = [
-        spawn_replica_actor(name=f"gpu-placement-{i}", resources=resources, omp_threads=1)
+        spawn_replica_host_actor(name=f"gpu-placement-{i}", resources=resources, omp_threads=1)
         for i in range(2)
     ]
     try:

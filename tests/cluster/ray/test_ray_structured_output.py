@@ -19,17 +19,14 @@ import pytest_asyncio
 from openai_harmony import HarmonyEncodingName, Role, load_harmony_encoding
 
 from oss_serve import LLM
-from oss_serve.cluster.ray.engine import RayReplica
+from oss_serve.cluster.ray.engine import RayEngine
+from oss_serve.cluster.replica.sampling import engine_sampling_args
 from oss_serve.common.vocab import o200k_harmony, use_vocab_dir
 from oss_serve.protos import inference_pb2
 from oss_serve.workers.engine.sampling_params import InvalidRequestError, SamplingParams
 from oss_serve.workers.model.config import PRESETS
-from oss_serve.workers.runner.structured_output import (
-    RESUME_ARG,
-    SPEC_ARG,
-    sampling_params_from_args,
-)
-from tests.cluster.ray.ray_replicas import ReplicaPool, write_checkpoint
+from oss_serve.workers.runner.structured_output import sampling_params_from_args
+from tests.cluster.ray.ray_engines import RayEnginePool, write_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,7 +40,7 @@ ENGINE_ARGS = {
     "max_model_len": 256,
     "skip_tokenizer_init": True,
 }
-REPLICAS = {"ep2": (1, 2, False), "tp2": (2, 1, False)}  # name -> ReplicaPool layout
+REPLICAS = {"ep2": (1, 2, False), "tp2": (2, 1, False)}  # name -> RayEnginePool layout
 ANSWER = {
     "type": "object",
     "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green"]}},
@@ -61,24 +58,25 @@ use_vocab_dir()
 HARMONY = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
 
 
-def _spec(**fields) -> bytes:
+def _spec(**fields) -> inference_pb2.StructuredOutput:
     functions = fields.pop("functions", {})
     spec = inference_pb2.StructuredOutput(**fields)
     for name, schema in functions.items():
         spec.functions.add(name=name, parameters_json_schema=json.dumps(schema))
-    return spec.SerializeToString(deterministic=True)
+    return spec
 
 
 JSON_SPEC = _spec(final_json_schema=json.dumps(ANSWER), reasoning_token_budget=3)
 TOOL_SPEC = _spec(functions={"get_weather": WEATHER}, require_function_call=True)
 
 
-def _params(spec: bytes | None, resume: list[int] | None = None) -> SamplingParams:
-    """As the replica host builds them from a queued request (its factory)."""
-    args: dict = {"temperature": 0, "max_tokens": 60}
-    if spec is not None:
-        args["extra_args"] = {SPEC_ARG: spec, RESUME_ARG: resume or []}
-    return sampling_params_from_args(args)
+def _params(
+    spec: inference_pb2.StructuredOutput | None, resume: list[int] | None = None
+) -> SamplingParams:
+    """As the replica host builds them from a queued request (the plain spec, then the
+    grammar processor)."""
+    sampling = inference_pb2.SamplingParams(temperature=0, max_tokens=60, structured_output=spec)
+    return sampling_params_from_args(engine_sampling_args(sampling, resume or []))
 
 
 def _prompt(question: str) -> list[int]:
@@ -101,26 +99,23 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(checkpoint) -> dict[str, list[int]]:
     """The single-process engine's tokens for each request (one batch)."""
-    llm = LLM(str(checkpoint), **ENGINE_ARGS)
-    try:
+    with LLM(str(checkpoint), **ENGINE_ARGS) as llm:
         outputs = llm.generate(
             [{"prompt_token_ids": prompt} for prompt, _ in REQUESTS.values()],
             [_params(spec) for _, spec in REQUESTS.values()],
         )
-    finally:
-        llm.llm_engine.shutdown()
     return {name: list(o.outputs[0].token_ids) for name, o in zip(REQUESTS, outputs, strict=True)}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def replicas(ray_runtime, checkpoint):
-    pool = ReplicaPool(checkpoint, ENGINE_ARGS, REPLICAS)
+    pool = RayEnginePool(checkpoint, ENGINE_ARGS, REPLICAS)
     yield pool.get
     await pool.shutdown()
 
 
 async def _generate(
-    replica: RayReplica,
+    replica: RayEngine,
     request_id: str,
     prompt: list[int],
     params: SamplingParams,

@@ -21,30 +21,22 @@ import torch
 from safetensors import safe_open
 
 from oss_serve import LLM, SamplingParams
-from oss_serve.cluster.ray.engine import RayReplica, ReplicaDrainingError
-from oss_serve.cluster.ray.executor import RayReplicaOptions, ReplicaFailedError
+from oss_serve.cluster.ray.engine import EngineDrainingError, RayEngine
+from oss_serve.cluster.ray.executor import RayEngineFailedError, RayEngineOptions
 from oss_serve.workers.engine.async_engine import EngineDeadError
 from oss_serve.workers.engine.engine_config import EngineConfig
-from oss_serve.workers.model.config import PRESETS
 from oss_serve.workers.model.model import GptOss
-from tests.cluster.ray.ray_replicas import ReplicaPool, write_checkpoint
+from tests.cluster.ray.ray_engines import (
+    ENGINE_ARGS,
+    SMALL_VOCAB_CONFIG,
+    RayEnginePool,
+    write_checkpoint,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LOGPROB_TOLERANCE = 1e-4
-# gpt-oss-tiny with a small vocabulary: 4 q heads, 2 KV heads, 8 experts (top 4), 4 layers
-# alternating a 16-token sliding window and full attention.
-CONFIG = PRESETS["gpt-oss-tiny"].with_(vocab_size=512)
-ENGINE_ARGS = {
-    "dtype": "float32",
-    "device": "cpu",
-    "experts_format": "dense",
-    "block_size": 4,
-    "kv_cache_memory": 2 << 20,
-    "max_model_len": 160,
-    "max_num_batched_tokens": 64,  # long prompts are prefilled in chunks
-    "skip_tokenizer_init": True,
-}
+CONFIG = SMALL_VOCAB_CONFIG
 REPLICAS = {  # name -> (tensor_parallel_size, expert_parallel_size, experts_across_all_ranks)
     "ep2": (1, 2, False),
     "tp2xep2": (2, 2, False),
@@ -87,7 +79,7 @@ def reference(checkpoint):
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def replicas(ray_runtime, checkpoint):
     """Started lazily, shared by the tests of the module, shut down at its end."""
-    pool = ReplicaPool(checkpoint, ENGINE_ARGS, REPLICAS)
+    pool = RayEnginePool(checkpoint, ENGINE_ARGS, REPLICAS)
     yield pool.get
     await pool.shutdown()
 
@@ -101,7 +93,7 @@ def _summary(output) -> tuple[list[int], list[dict[int, float]] | None]:
     return output.outputs[0].token_ids, logprobs
 
 
-async def _generate(replica: RayReplica, request_id: str, prompt, params):
+async def _generate(replica: RayEngine, request_id: str, prompt, params):
     tokens, prompt_logprobs = [], None
     async for delta in replica.generate(request_id, prompt, params):
         tokens += delta.outputs[0].token_ids
@@ -136,8 +128,7 @@ def _assert_same_answers(got, expected) -> None:
 def test_llm_with_tensor_parallel_size_2_matches_the_single_process_engine(
     ray_runtime, checkpoint, reference
 ):
-    llm = LLM(str(checkpoint), tensor_parallel_size=2, **ENGINE_ARGS)
-    try:
+    with LLM(str(checkpoint), tensor_parallel_size=2, **ENGINE_ARGS) as llm:
         workload = _workload()
         outputs = llm.generate(
             [{"prompt_token_ids": p} for p, _ in workload], [params for _, params in workload]
@@ -145,8 +136,6 @@ def test_llm_with_tensor_parallel_size_2_matches_the_single_process_engine(
         _assert_same_answers([_summary(o) for o in outputs], reference)
         reports = llm.llm_engine.executor.shard_reports  # type: ignore[attr-defined]
         assert [(r.tp_rank, r.tp_size, r.ep_size) for r in reports] == [(0, 2, 1), (1, 2, 1)]
-    finally:
-        llm.llm_engine.shutdown()
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -228,7 +217,7 @@ async def test_drain_finishes_running_requests_and_refuses_new_ones(replicas):
     drained = asyncio.create_task(replica.drain(timeout_s=60))
     await asyncio.sleep(0)
     assert not replica.can_admit(4)
-    with pytest.raises(ReplicaDrainingError):
+    with pytest.raises(EngineDrainingError):
         await _generate(replica, "drain-new", [1, 2, 3], params)
     tokens, _ = await running
     assert len(tokens) == 40
@@ -274,7 +263,7 @@ async def test_a_rank_killed_mid_run_ends_every_request_with_a_clear_error(repli
     assert time.monotonic() - killed_at < 15
     assert all(isinstance(e, EngineDeadError) and "rank 1" in str(e) for e in errors), errors
     assert not replica.is_running
-    with pytest.raises(ReplicaFailedError):
+    with pytest.raises(RayEngineFailedError):
         await replica.health()
     executor = replica.executor
     assert executor is not None and executor._group is None  # placement group released
@@ -287,7 +276,7 @@ def test_a_replica_the_cluster_cannot_hold_fails_fast_naming_the_resources(ray_r
     from oss_serve.cluster.ray.placement import PlacementError
 
     config = EngineConfig(model="gpt-oss-tiny", tensor_parallel_size=8, device="cpu")
-    options = RayReplicaOptions(cpus_per_rank=1.0, placement_timeout_s=1)
+    options = RayEngineOptions(cpus_per_rank=1.0, placement_timeout_s=1)
     groups_before = _live_placement_groups()
     with pytest.raises(PlacementError, match=r"could not reserve 8 bundles of \{'CPU': 1.0\}"):
         RayExecutor(config, options)
@@ -303,8 +292,8 @@ def test_a_rank_that_cannot_load_its_shard_fails_start_with_the_rank_and_cause(
     ray_runtime, tmp_path
 ):
     config = EngineConfig(model=str(tmp_path), tensor_parallel_size=2, **ENGINE_ARGS)
-    replica = RayReplica(config, options=RayReplicaOptions(cpus_per_rank=0.5))
+    replica = RayEngine(config, options=RayEngineOptions(cpus_per_rank=0.5))
     with pytest.raises(
-        ReplicaFailedError, match=r"rank \d \(tp \d, ep 0\) raised during setup.*config"
+        RayEngineFailedError, match=r"rank \d \(tp \d, ep 0\) raised during setup.*config"
     ):
         asyncio.run(replica.start())

@@ -14,9 +14,9 @@ import torch
 
 from oss_serve.cluster.ray.step_message import RankProcessors, check_portable, pack_step
 from oss_serve.common.vocab import VOCAB_SIZE
-from oss_serve.protos import inference_pb2
 from oss_serve.workers.engine.sampling_params import InvalidRequestError, SamplingParams
 from oss_serve.workers.engine.scheduler_output import NewRequestData, SchedulerOutput
+from oss_serve.workers.engine.structured_output_spec import StructuredOutputSpec
 from oss_serve.workers.runner.input_batch import CachedRequestState
 from oss_serve.workers.runner.logits_processors import RequestLogitsProcessor
 from oss_serve.workers.runner.structured_output import StructuredOutputProcessor, make_processor
@@ -27,9 +27,7 @@ SCHEMA = {
     "properties": {"color": {"enum": ["red", "green"]}, "n": {"type": "integer"}},
     "required": ["color", "n"],
 }
-SPEC = inference_pb2.StructuredOutput(
-    final_json_schema=json.dumps(SCHEMA), reasoning_token_budget=3
-).SerializeToString(deterministic=True)
+SPEC = StructuredOutputSpec(final_json_schema=json.dumps(SCHEMA), reasoning_token_budget=3)
 PROMPT = [200006, 1428, 200008, 12194, 200007]
 
 

@@ -52,12 +52,12 @@ def test_nccl_on_cuda_gloo_elsewhere_and_gpu_bundles_hold_one_gpu():
 
 
 def test_ray_options_come_from_the_settings_section():
-    from oss_serve.cluster.ray.executor import RayReplicaOptions
+    from oss_serve.cluster.ray.executor import RayEngineOptions
     from oss_serve.common.settings import Settings
 
     settings = Settings(
         ray_address="auto", ray_placement_strategy="PACK", experts_across_all_ranks=True
     )
-    options = RayReplicaOptions.from_settings(settings)
+    options = RayEngineOptions.from_settings(settings)
     assert (options.ray_address, options.placement_strategy) == ("auto", "PACK")
     assert options.experts_across_all_ranks

@@ -15,8 +15,9 @@ import torch
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.queue import ReplicaQueue
-from oss_serve.cluster.replica.service import ReplicaConfig, ReplicaService
+from oss_serve.cluster.replica.service import ReplicaService
 from oss_serve.common.settings import Settings
 from oss_serve.protos import inference_pb2, inference_pb2_grpc, replica_link_pb2
 from oss_serve.router.enqueue import RequestQueue
@@ -81,7 +82,7 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             stats = self.engine.stats()
-            if stats.running == 0 and stats.waiting == 0 and not self.service._inflight:
+            if stats.running == 0 and stats.waiting == 0 and not self.service.inflight.deliveries:
                 return
             await asyncio.sleep(0.01)
         raise TimeoutError(f"engine still busy: {self.engine.stats()}")

@@ -26,11 +26,14 @@ from oss_serve.common.vocab import (
     o200k_harmony,
     use_vocab_dir,
 )
-from oss_serve.protos import inference_pb2
 from oss_serve.workers.engine.sampling_params import InvalidRequestError
-from oss_serve.workers.runner.structured_output import (
+from oss_serve.workers.engine.structured_output_spec import (
     RESUME_ARG,
     SPEC_ARG,
+    FunctionGrammar,
+    StructuredOutputSpec,
+)
+from oss_serve.workers.runner.structured_output import (
     StructuredOutputProcessor,
     compile_spec,
     make_processor,
@@ -58,11 +61,9 @@ use_vocab_dir()  # openai-harmony reads the local vocabulary, never downloads
 HARMONY = load_harmony_encoding(HarmonyEncodingName.HARMONY_GPT_OSS)
 
 
-def _spec(**fields) -> bytes:
-    spec = inference_pb2.StructuredOutput(**{k: v for k, v in fields.items() if k != "functions"})
-    for name, schema in fields.get("functions", {}).items():
-        spec.functions.add(name=name, parameters_json_schema=json.dumps(schema))
-    return spec.SerializeToString(deterministic=True)
+def _spec(functions: dict | None = None, **fields) -> StructuredOutputSpec:
+    grammars = tuple(FunctionGrammar(n, json.dumps(s)) for n, s in (functions or {}).items())
+    return StructuredOutputSpec(functions=grammars, **fields)
 
 
 def _allowed(processor: StructuredOutputProcessor) -> set[int]:
@@ -71,7 +72,7 @@ def _allowed(processor: StructuredOutputProcessor) -> set[int]:
     return set(torch.nonzero(logits[0] > -1e30).flatten().tolist())
 
 
-def _random_run(spec: bytes, seed: int, max_tokens: int = 300) -> list[int]:
+def _random_run(spec: StructuredOutputSpec, seed: int, max_tokens: int = 300) -> list[int]:
     """Sample from random logits through the processor, as a random-weight model would."""
     generator = torch.Generator().manual_seed(seed)
     processor = make_processor(spec)
@@ -186,7 +187,8 @@ def test_the_engine_applies_the_grammar_through_its_logits_processor_hook():
                 "seed": seed,
                 "max_tokens": 120,
                 "stop_token_ids": [RETURN, CALL],
-                "extra_args": {SPEC_ARG: spec, RESUME_ARG: []},
+                SPEC_ARG: spec,
+                RESUME_ARG: [],
             }
         )
         for seed in range(2)

@@ -268,6 +268,7 @@ def test_with_the_routers_grammar_any_schema_gets_valid_json_and_calls_follow_th
     grammar, on schemas the corpus never had (the model alone may stray there)."""
     import jsonschema
 
+    from oss_serve.cluster.replica.sampling import structured_output_spec
     from oss_serve.router.structured_output import chat_structured_output
     from oss_serve.workers.runner.structured_output import make_processor
 
@@ -302,7 +303,7 @@ def test_with_the_routers_grammar_any_schema_gets_valid_json_and_calls_follow_th
     ]
     outputs = []
     for body in bodies:
-        processor = make_processor(chat_structured_output(body).SerializeToString())
+        processor = make_processor(structured_output_spec(chat_structured_output(body)))
         params = SamplingParams(temperature=0, max_tokens=150, logits_processors=[processor])
         prompt = {"prompt_token_ids": render_chat_request(body, date=TODAY)}
         tokens = list(demo_llm.generate(prompt, params)[0].outputs[0].token_ids)

@@ -1,10 +1,11 @@
-"""An EngineCore whose driver work overlaps the ranks' forward pass.
+"""An EngineCore whose driver work overlaps the executor's forward pass (the ranks' of a
+TP/EP engine), and the choice of core for an executor.
 
 EngineCore.step() is schedule -> execute -> update -> post-process, all in series. Here,
 once step N's result is in and the scheduler has been updated, step N+1 is scheduled and
 dispatched to the ranks *before* step N's outputs are post-processed (detokenized, stop
 strings checked, RequestOutputs built, KV events published): that CPU work runs while
-the ranks compute. A request that a stop string ends during that window has already been
+the executor computes. A request that a stop string ends during that window has already been
 scheduled for one more step; the scheduler ignores that step's token for it (it is no
 longer running) and its blocks are freed with the next step, as for an abort.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from oss_serve.workers.engine.detokenizer import Tokenizer
 from oss_serve.workers.engine.engine_config import EngineConfig
@@ -21,13 +22,14 @@ from oss_serve.workers.engine.engine_core import EngineCore
 from oss_serve.workers.engine.outputs import RequestOutput
 from oss_serve.workers.engine.request import RequestStatus
 from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
-from oss_serve.workers.runner.executor import Executor
+from oss_serve.workers.runner.executor import Executor, ExecutorFactory
 
 
 class PendingStep(Protocol):
     def result(self) -> ModelRunnerOutput: ...
 
 
+@runtime_checkable
 class PipelinedExecutor(Executor, Protocol):
     def submit(self, scheduled: SchedulerOutput) -> PendingStep: ...
 
@@ -77,7 +79,7 @@ class PipelinedEngineCore(EngineCore):
         return outputs
 
     def _dispatch(self) -> float:
-        """Schedule the next step and send it to the ranks; returns the seconds it took."""
+        """Schedule the next step and send it to the executor; returns the seconds it took."""
         started = time.perf_counter()
         scheduled = self.scheduler.schedule()
         if scheduled.is_empty and not scheduled.freed_request_ids:
@@ -86,3 +88,17 @@ class PipelinedEngineCore(EngineCore):
         elapsed = time.perf_counter() - started
         self._inflight = _InFlight(scheduled, pending, elapsed)
         return elapsed
+
+
+def build_engine_core(config: EngineConfig, executor_factory: ExecutorFactory) -> EngineCore:
+    """Start an executor and the core that drives it: pipelined when the executor takes a
+    step without waiting for it (`submit`). Blocking (loads the model); an executor whose
+    core fails to start is shut down, so a TP/EP engine's ranks never outlive the failure."""
+    executor = executor_factory(config)
+    try:
+        if isinstance(executor, PipelinedExecutor):
+            return PipelinedEngineCore.from_config(config, executor)
+        return EngineCore.from_config(config, executor)
+    except BaseException:
+        executor.shutdown()
+        raise

@@ -9,9 +9,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 import torch
 
-from oss_serve.cluster.ray.pipelined_core import PipelinedEngineCore
 from oss_serve.workers.engine.engine_config import EngineConfig
 from oss_serve.workers.engine.engine_core import EngineCore
+from oss_serve.workers.engine.pipelined_core import PipelinedEngineCore
 from oss_serve.workers.engine.sampling_params import RequestOutputKind, SamplingParams
 from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from oss_serve.workers.model.config import PRESETS

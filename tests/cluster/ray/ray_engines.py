@@ -8,15 +8,28 @@ from typing import Any
 
 import torch
 
-from oss_serve.cluster.ray.engine import RayReplica
-from oss_serve.cluster.ray.executor import RayReplicaOptions
+from oss_serve.cluster.ray.engine import RayEngine
+from oss_serve.cluster.ray.executor import RayEngineOptions
 from oss_serve.workers.engine.engine_config import EngineConfig
 from oss_serve.workers.model.checkpoint import save_checkpoint
-from oss_serve.workers.model.config import ModelConfig
+from oss_serve.workers.model.config import PRESETS, ModelConfig
 from oss_serve.workers.model.model import GptOss
 from oss_serve.workers.model.weights import init_random_weights
 
 Layout = tuple[int, int, bool]  # tensor_parallel_size, expert_parallel_size, experts over all
+# gpt-oss-tiny with a small vocabulary: 4 q heads, 2 KV heads, 8 experts (top 4), 4 layers
+# alternating a 16-token sliding window and full attention.
+SMALL_VOCAB_CONFIG = PRESETS["gpt-oss-tiny"].with_(vocab_size=512)
+ENGINE_ARGS = {
+    "dtype": "float32",
+    "device": "cpu",
+    "experts_format": "dense",
+    "block_size": 4,
+    "kv_cache_memory": 2 << 20,
+    "max_model_len": 160,
+    "max_num_batched_tokens": 64,  # long prompts are prefilled in chunks
+    "skip_tokenizer_init": True,
+}
 
 
 def write_checkpoint(config: ModelConfig, folder: Path, seed: int) -> Path:
@@ -27,8 +40,8 @@ def write_checkpoint(config: ModelConfig, folder: Path, seed: int) -> Path:
     return folder
 
 
-class ReplicaPool:
-    """RayReplicas of one checkpoint, started on first use and shut down together."""
+class RayEnginePool:
+    """RayEngines of one checkpoint, started on first use and shut down together."""
 
     def __init__(
         self, checkpoint: Path, engine_args: dict[str, Any], layouts: dict[str, Layout]
@@ -36,9 +49,9 @@ class ReplicaPool:
         self.checkpoint = checkpoint
         self.engine_args = engine_args
         self.layouts = layouts
-        self.started: dict[str, RayReplica] = {}
+        self.started: dict[str, RayEngine] = {}
 
-    async def get(self, name: str) -> RayReplica:
+    async def get(self, name: str) -> RayEngine:
         if name not in self.started:
             tp, ep, across = self.layouts[name]
             config = EngineConfig(
@@ -47,10 +60,10 @@ class ReplicaPool:
                 expert_parallel_size=ep,
                 **self.engine_args,
             )
-            options = RayReplicaOptions(
+            options = RayEngineOptions(
                 experts_across_all_ranks=across, cpus_per_rank=0.5, step_timeout_s=60
             )
-            replica = RayReplica(config, options=options, health_interval_s=0.5)
+            replica = RayEngine(config, options=options, health_interval_s=0.5)
             await replica.start()
             self.started[name] = replica
         return self.started[name]
