@@ -22,7 +22,7 @@ from oss_serve.workers.engine.engine_core import EngineCore
 from oss_serve.workers.engine.outputs import RequestOutput
 from oss_serve.workers.engine.request import RequestStatus
 from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
-from oss_serve.workers.runner.executor import Executor, ExecutorFactory
+from oss_serve.workers.runner.executor import Executor, ExecutorFactory, LocalExecutor
 
 
 class PendingStep(Protocol):
@@ -91,12 +91,13 @@ class PipelinedEngineCore(EngineCore):
 
 
 def build_engine_core(config: EngineConfig, executor_factory: ExecutorFactory) -> EngineCore:
-    """Start an executor and the core that drives it: pipelined when the executor takes a
-    step without waiting for it (`submit`). Blocking (loads the model); an executor whose
-    core fails to start is shut down, so a TP/EP engine's ranks never outlive the failure."""
+    """Start an executor and the core that drives it: pipelined when the executor runs
+    elsewhere and takes a step without waiting for it (a TP/EP engine's ranks); a local
+    executor's core overlaps steps itself (async scheduling). Blocking (loads the model); an
+    executor whose core fails to start is shut down, so ranks never outlive the failure."""
     executor = executor_factory(config)
     try:
-        if isinstance(executor, PipelinedExecutor):
+        if isinstance(executor, PipelinedExecutor) and not isinstance(executor, LocalExecutor):
             return PipelinedEngineCore.from_config(config, executor)
         return EngineCore.from_config(config, executor)
     except BaseException:
