@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from oss_serve.common.kv_hash import adapter_extra_key
 from oss_serve.common.logging import get_logger
 from oss_serve.common.vocab import STOP_TOKEN_IDS
 from oss_serve.workers.engine.admission import AdmissionCapacity
@@ -27,6 +28,10 @@ from oss_serve.workers.engine.request import Request, RequestStatus, SiblingGrou
 from oss_serve.workers.engine.sampling_params import InvalidRequestError, SamplingParams
 from oss_serve.workers.engine.scheduler import Scheduler, SchedulerConfig
 from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput
+from oss_serve.workers.lora.catalog import AdapterCatalog
+from oss_serve.workers.lora.peft_format import AdapterError
+from oss_serve.workers.lora.request import LoRARequest
+from oss_serve.workers.lora.slot_table import AdapterSlotTable
 from oss_serve.workers.runner.executor import Executor
 from oss_serve.workers.runner.logits_processors import as_processors
 
@@ -55,6 +60,13 @@ class EngineCore:
         )
         self._check_pool_fits_one_request(num_blocks)
         executor.initialize_kv_cache(num_blocks)
+        self.adapters: AdapterCatalog | None = None
+        lora_slots = None
+        if config.enable_lora:
+            self.adapters = AdapterCatalog(model_config, max_lora_rank=config.max_lora_rank)
+            lora_slots = AdapterSlotTable(config.max_loras)
+            for name, path in config.lora_modules.items():
+                self.adapters.add(name, path)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_batched_tokens=config.max_num_batched_tokens,
@@ -64,6 +76,7 @@ class EngineCore:
                 long_prefill_token_threshold=config.long_prefill_token_threshold,
             ),
             self.kv_cache,
+            lora_slots,
         )
         self.output_processor = OutputProcessor(tokenizer)
         self.timer = StepTimer()
@@ -110,8 +123,12 @@ class EngineCore:
         prompt: str | None = None,
         arrival_time: float | None = None,
         resume_output_token_ids: Sequence[int] = (),
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queue a request (n > 1 becomes n sequences sharing the prompt); raises on bad input.
+
+        `lora_request`: run it with that LoRA adapter (an unknown one is loaded and checked
+        first, as vLLM does); None runs the base model.
 
         `resume_output_token_ids`: output tokens the request already emitted (on a replica
         that died); it continues after them as if never interrupted (sampling index,
@@ -119,6 +136,7 @@ class EngineCore:
         """
         params = sampling_params or SamplingParams()
         tokens = self._validate(request_id, prompt_token_ids, params)
+        lora = self._resolve_adapter(lora_request)
         max_tokens = self.max_model_len - len(tokens)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
@@ -129,9 +147,11 @@ class EngineCore:
             [request_id] if params.n == 1 else [f"{i}_{request_id}" for i in range(params.n)]
         )
         siblings = SiblingGroup(child_ids[0], params.n) if params.n > 1 else None
-        extra_key = (
+        private = (
             None if self.config.enable_prefix_caching else f"private-{next(self._family_counter)}"
         )
+        keys = [k for k in (adapter_extra_key(lora.lora_name if lora else None), private) if k]
+        extra_key = "|".join(keys) or None
         self.output_processor.add_request(
             request_id, prompt, tokens, params, child_ids, arrival, resumed
         )
@@ -144,6 +164,7 @@ class EngineCore:
                     block_size=self.config.block_size, max_tokens=max_tokens, priority=priority,
                     arrival_time=arrival, kv_extra_key=extra_key, parent_id=request_id,
                     index=index, siblings=siblings, resumed_output_token_ids=resumed,
+                    lora_request=lora,
                 )
             )  # fmt: skip
 
@@ -183,6 +204,48 @@ class EngineCore:
             raise InvalidRequestError(str(exc), field="logits_processors") from exc
         self.executor.check_request(params)
         return tokens
+
+    def _resolve_adapter(self, lora_request: LoRARequest | None) -> LoRARequest | None:
+        """The engine's own LoRARequest for the caller's (loaded and checked if new)."""
+        if lora_request is None:
+            return None
+        if self.adapters is None:
+            raise InvalidRequestError(
+                "this engine serves no LoRA adapters (start it with enable_lora)", "lora_request"
+            )
+        try:
+            return self.adapters.register(lora_request)
+        except AdapterError as err:
+            raise InvalidRequestError(str(err), "lora_request") from err
+
+    # --- adapters -----------------------------------------------------------------------------
+    def add_lora(self, name: str, path: str) -> LoRARequest:
+        """Serve the PEFT adapter at `path` as `name` (vLLM's load_lora_adapter); raises
+        AdapterError (corrupt, rank above max_lora_rank, wrong shapes) and keeps serving."""
+        if self.adapters is None:
+            raise AdapterError("this engine serves no LoRA adapters (start it with enable_lora)")
+        return self.adapters.add(name, path)
+
+    def remove_lora(self, name: str) -> bool:
+        """Stop serving `name`; requests already running with it finish. False if unknown."""
+        if self.adapters is None or self.adapters.get(name) is None:
+            return False
+        removed = self.adapters.remove(name)
+        if self.scheduler.lora_slots is not None:
+            self.scheduler.lora_slots.forget(removed.lora_int_id)
+        return True
+
+    def list_loras(self) -> list[str]:
+        return [] if self.adapters is None else self.adapters.names()
+
+    def lora_request(self, name: str) -> LoRARequest | None:
+        """The adapter served as `name`, if any."""
+        return None if self.adapters is None else self.adapters.get(name)
+
+    def held_loras(self) -> list[str]:
+        """Adapters in device slots now (a request of one of these starts without a load)."""
+        slots = self.scheduler.lora_slots
+        return [] if slots is None else [lora.lora_name for lora in slots.held()]
 
     def _validate_resume(
         self, token_ids: Sequence[int], params: SamplingParams, max_tokens: int

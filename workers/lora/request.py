@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oss_serve.common.kv_hash import adapter_extra_key
+
 
 @dataclass(frozen=True)
 class LoRARequest:
@@ -20,11 +22,6 @@ class LoRARequest:
             raise ValueError(f"lora_int_id must be >= 1, got {self.lora_int_id}")
 
     @property
-    def kv_key(self) -> str:
-        """What keys this adapter's KV blocks (common.kv_hash extra key), as the router's."""
-        return lora_kv_key(self.lora_name)
-
-
-def lora_kv_key(lora_name: str) -> str:
-    """Two adapters never share KV blocks: their prefix hashes differ by this key."""
-    return f"lora:{lora_name}"
+    def kv_key(self) -> str | None:
+        """The KV block hash extra key of this adapter, the same the router uses."""
+        return adapter_extra_key(self.lora_name)

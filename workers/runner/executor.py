@@ -122,7 +122,17 @@ class LocalExecutor:
             dtype=self.dtype,
             tp_size=parallel.tp_size,
         )
-        self.runner = ModelRunner(self.model, self._spec, self.device)
+        lora = None
+        if config.enable_lora:
+            from oss_serve.workers.lora.runtime import LoRARuntime
+
+            lora = LoRARuntime(
+                self.model,
+                max_loras=config.max_loras,
+                max_lora_rank=config.max_lora_rank,
+                max_cpu_loras=config.cpu_loras,
+            )
+        self.runner = ModelRunner(self.model, self._spec, self.device, lora)
 
     def kv_cache_spec(self) -> KVCacheSpec:
         return self._spec

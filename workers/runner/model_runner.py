@@ -21,6 +21,7 @@ from oss_serve.workers.engine.scheduler_output import (
     SchedulerOutput,
     TokenLogprobs,
 )
+from oss_serve.workers.lora.runtime import LoRARuntime
 from oss_serve.workers.runner.input_batch import CachedRequestState, RequestStates
 from oss_serve.workers.runner.input_preparation import ModelInputs, prepare_inputs
 from oss_serve.workers.runner.sampler import Sampler, SamplingRow, gather_logprobs
@@ -39,8 +40,15 @@ class RunnerTimings:
 
 
 class ModelRunner:
-    def __init__(self, model: Any, spec: KVCacheSpec, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        spec: KVCacheSpec,
+        device: torch.device | str,
+        lora: LoRARuntime | None = None,
+    ) -> None:
         self.model = model
+        self.lora = lora  # adapter slots and their host cache, when serving LoRA adapters
         self.spec = spec
         self.device = torch.device(device)
         self.states = RequestStates()
@@ -65,6 +73,10 @@ class ModelRunner:
             return ModelRunnerOutput()
         started = time.perf_counter()
         inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
+        if self.lora is not None:
+            self.lora.begin_step(
+                scheduled.lora_loads, inputs.token_lora_slots, inputs.lora_slots_used
+            )
         prepared = time.perf_counter()
         hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
         if self.device.type == "cuda":
