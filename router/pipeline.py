@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 
+from oss_serve.common.kv_hash import adapter_extra_key
 from oss_serve.common.logging import get_logger
 from oss_serve.common.vocab import STOP_TOKEN_IDS
 from oss_serve.protos import inference_pb2, replica_link_pb2
@@ -135,10 +136,16 @@ class RequestPipeline:
             enqueued_unix_s=time.time(),
             deadline_unix_s=time.time() + timeout_s,
         )
+        adapter = request.model if self.view.is_adapter(request.model) else None
         route = RouteRequest(
             internal_id,
-            PromptBlocks(request.prompt_token_ids, room[0].load.block_size or 16),
+            PromptBlocks(
+                request.prompt_token_ids,
+                room[0].load.block_size or 16,
+                adapter_extra_key(adapter),  # the engine keys an adapter's KV blocks alike
+            ),
             _session_hash(request.session_key) if request.session_key else None,
+            adapter,
         )
         self.hub.own(owned)
         routed_to = ""
@@ -171,7 +178,7 @@ class RequestPipeline:
             candidates = self.view.candidates(model)
             if candidates:
                 return candidates
-            served = sorted(self.view.models())
+            served = sorted({*self.view.models(), *self.view.adapters()})
             if model and served:
                 raise ModelNotFound(
                     f"model {model!r} is not served here; available: {', '.join(served)}",

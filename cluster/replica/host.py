@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from oss_serve.cluster.replica.adapter_sync import AdapterSync
 from oss_serve.cluster.replica.queue import ReplicaQueue
 from oss_serve.cluster.replica.service import ReplicaConfig, ReplicaService
 from oss_serve.common.logging import get_logger
@@ -61,6 +62,11 @@ def build_engine(
         tensor_parallel_size=settings.tensor_parallel_size,
         expert_parallel_size=settings.expert_parallel_size,
         kv_event_sink=kv_event_sink,
+        enable_lora=settings.enable_lora,
+        max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=settings.max_cpu_loras,
+        lora_modules=settings.lora_module_paths,
     )
     if settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1:
         from oss_serve.cluster.ray.engine import RayReplica
@@ -150,10 +156,16 @@ async def start_replica_host(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_delivery_attempts=settings.max_delivery_attempts,
         router_link_grace_s=settings.router_link_grace_s,
+        max_loras=settings.max_loras if settings.enable_lora else 0,
     )
     queue = ReplicaQueue(redis, keys, replica_id, heartbeat_ttl_s=settings.heartbeat_ttl_s)
     service = ReplicaService(
-        engine, queue, config, make_sampling_params=sampling_params_factory(), kv_events=publisher
+        engine,
+        queue,
+        config,
+        make_sampling_params=sampling_params_factory(),
+        kv_events=publisher,
+        adapters=AdapterSync(engine, redis, keys) if settings.enable_lora else None,
     )
     await service.start()
     return ReplicaHost(replica_id, engine, service, redis)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from oss_serve.cluster.replica.adapter_sync import AdapterSync
 from oss_serve.cluster.replica.queue import Delivery, ReplicaQueue
 from oss_serve.cluster.replica.router_link import LinkDown, RequestSession, RouterLink, RouterLinks
 from oss_serve.common.logging import get_logger
@@ -49,6 +51,7 @@ class ReplicaEngine(Protocol):
         *,
         priority: int = 0,
         resume_output_token_ids: Sequence[int] = (),
+        lora_request: Any = None,
     ) -> AsyncIterator[Any]: ...
 
     async def abort(self, request_id: str) -> None: ...
@@ -58,6 +61,8 @@ class ReplicaEngine(Protocol):
     def can_admit(self, num_prompt_tokens: int) -> bool: ...
 
     def admission_capacity(self) -> Any: ...  # AdmissionCapacity: .admits(prompt_lens)
+
+    def lora_request(self, name: str) -> Any: ...  # the LoRA adapter served as `name`, or None
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class ReplicaConfig:
     max_delivery_attempts: int = 3
     router_link_grace_s: float = 10.0
     pull_block_ms: int = 100
+    max_loras: int = 0  # LoRA adapter slots (0: the engine serves no adapters)
 
 
 class ReplicaService:
@@ -83,8 +89,10 @@ class ReplicaService:
         *,
         make_sampling_params: Callable[[dict[str, Any]], Any],
         kv_events: KvEventPublisher | None = None,
+        adapters: AdapterSync | None = None,
     ) -> None:
         self.engine = engine
+        self.adapters = adapters  # follows runtime LoRA load/unload orders
         self.queue = queue
         self.config = config
         self.links = RouterLinks(config.replica_id)
@@ -117,6 +125,8 @@ class ReplicaService:
         ]
         if self.kv_events is not None:
             self._loops.append(asyncio.create_task(self.kv_events.run()))
+        if self.adapters is not None:
+            self._loops.append(asyncio.create_task(self.adapters.run()))
         log.info(
             "replica serving",
             replica_id=self.config.replica_id,
@@ -136,6 +146,8 @@ class ReplicaService:
         self._stopping = self._closed = True
         if self.kv_events is not None:
             self.kv_events.stop()
+        if self.adapters is not None:
+            self.adapters.stop()
         await stop_tasks([*self._loops, *self._tasks])
         with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.queue.deregister()
@@ -169,6 +181,10 @@ class ReplicaService:
             draining=self._stopping,
             started_ts=self._started_ts,
             heartbeat_ts=now,
+            max_loras=self.config.max_loras,
+            lora_adapters=",".join(stats.lora_adapters),
+            lora_held=",".join(stats.lora_held),
+            lora_errors=json.dumps(self.adapters.errors) if self.adapters else "",
         )
 
     async def _heartbeat_loop(self) -> None:
@@ -344,7 +360,11 @@ class ReplicaService:
             )
         except ValueError as err:
             return Outcome("failed", f"invalid request: {err}", invalid=True)
-        pump = asyncio.create_task(self._pump(link, delivery, engine_id, params, emitted))
+        lora = self._adapter_of(record.model)
+        if lora is False:
+            reason = f"invalid request: model {record.model!r} is not served by this replica"
+            return Outcome("failed", reason, invalid=True)
+        pump = asyncio.create_task(self._pump(link, delivery, engine_id, params, emitted, lora))
         stopped = asyncio.create_task(session.stopped.wait())
         try:
             await asyncio.wait({pump, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -369,8 +389,21 @@ class ReplicaService:
         superseded = session.cancel is not None and session.cancel.superseded
         return Outcome("superseded" if superseded else "done")
 
+    def _adapter_of(self, model: str) -> Any:
+        """The LoRA adapter a record's model names: None for the base model, False if unknown."""
+        if not model or model == self.config.model:
+            return None
+        lora = self.engine.lora_request(model) if self.config.max_loras else None
+        return False if lora is None else lora
+
     async def _pump(
-        self, link: RouterLink, delivery: Delivery, engine_id: str, params: Any, emitted: list[int]
+        self,
+        link: RouterLink,
+        delivery: Delivery,
+        engine_id: str,
+        params: Any,
+        emitted: list[int],
+        lora: Any = None,
     ) -> Outcome:
         """Run the engine and send its output; 'done' once the finish is sent."""
         record = delivery.record
@@ -387,6 +420,7 @@ class ReplicaService:
             params,
             priority=record.priority,
             resume_output_token_ids=emitted,
+            lora_request=lora,
         )
         try:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
+from oss_serve.commands._common import (
+    ConfigOption,
+    EnableLoraOption,
+    LoraModulesOption,
+    MaxCpuLorasOption,
+    MaxLoraRankOption,
+    MaxLorasOption,
+    fail,
+    lora_flags,
+    settings_from_flags,
+)
 
 
 def replica(
@@ -43,6 +53,11 @@ def replica(
     max_num_seqs: Annotated[int | None, typer.Option("--max-num-seqs")] = None,
     tensor_parallel_size: Annotated[int | None, typer.Option("--tensor-parallel-size")] = None,
     expert_parallel_size: Annotated[int | None, typer.Option("--expert-parallel-size")] = None,
+    enable_lora: EnableLoraOption = None,
+    lora_modules: LoraModulesOption = None,
+    max_loras: MaxLorasOption = None,
+    max_lora_rank: MaxLoraRankOption = None,
+    max_cpu_loras: MaxCpuLorasOption = None,
 ) -> None:
     """Run a model replica that serves the requests routed to it through Redis."""
     from oss_serve.cluster.replica.host import run_replica
@@ -64,6 +79,7 @@ def replica(
         max_num_seqs=max_num_seqs,
         tensor_parallel_size=tensor_parallel_size,
         expert_parallel_size=expert_parallel_size,
+        **lora_flags(enable_lora, lora_modules, max_loras, max_lora_rank, max_cpu_loras),
     )
     try:
         code = asyncio.run(run_replica(settings))

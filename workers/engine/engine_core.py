@@ -334,6 +334,8 @@ class EngineCore:
             scheduler_time_s=self.timer.schedule_s + self.timer.update_s,
             model_time_s=self.timer.execute_s,
             requests_finished=self.requests_finished,
+            lora_adapters=tuple(self.list_loras()),
+            lora_held=tuple(self.held_loras()),
         )
 
     def admission_capacity(self) -> AdmissionCapacity:
