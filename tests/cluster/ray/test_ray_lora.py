@@ -65,4 +65,7 @@ def test_a_tp2_ep2_replica_serves_a_mixed_adapter_batch_like_one_process(ray_run
         assert got.outputs[0].token_ids == expected.outputs[0].token_ids, lora
         diff = max(abs(a - b) for a, b in zip(_logprobs(got), _logprobs(expected), strict=True))
         assert diff <= TOLERANCE, f"{lora}: max |logprob diff| {diff}"
-    assert max(abs(a - b) for a, b in zip(_logprobs(single[0]), _logprobs(single[1]))) > 1e-2
+    assert (
+        max(abs(a - b) for a, b in zip(_logprobs(single[0]), _logprobs(single[1]), strict=True))
+        > 1e-2
+    )
