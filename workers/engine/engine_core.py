@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from oss_serve.common.kv_hash import adapter_extra_key
 from oss_serve.common.logging import get_logger
 from oss_serve.common.vocab import STOP_TOKEN_IDS
 from oss_serve.workers.engine.admission import AdmissionCapacity
@@ -150,7 +149,7 @@ class EngineCore:
         private = (
             None if self.config.enable_prefix_caching else f"private-{next(self._family_counter)}"
         )
-        keys = [k for k in (adapter_extra_key(lora.lora_name if lora else None), private) if k]
+        keys = [k for k in (lora.kv_key if lora else None, private) if k]
         extra_key = "|".join(keys) or None
         self.output_processor.add_request(
             request_id, prompt, tokens, params, child_ids, arrival, resumed

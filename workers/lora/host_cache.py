@@ -47,9 +47,6 @@ class HostAdapterCache:
             self._adapters.popitem(last=False)
         return adapter
 
-    def drop(self, lora_int_id: int) -> None:
-        self._adapters.pop(lora_int_id, None)
-
     def held(self) -> list[int]:
         """Adapter ids in memory, least recently used first."""
         return list(self._adapters)

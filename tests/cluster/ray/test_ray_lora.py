@@ -10,24 +10,13 @@ import pytest
 from oss_serve import LLM, SamplingParams
 from oss_serve.workers.lora.peft_format import write_adapter
 from oss_serve.workers.lora.request import LoRARequest
-from oss_serve.workers.model.config import PRESETS
+from oss_serve.workers.lora.synthetic import random_adapter
 from tests.cluster.ray.ray_replicas import write_checkpoint
-from tests.workers.lora.lora_helpers import random_adapter
+from tests.cluster.ray.test_ray_tp_ep import CONFIG
+from tests.cluster.ray.test_ray_tp_ep import ENGINE_ARGS as TP_EP_ENGINE_ARGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-CONFIG = PRESETS["gpt-oss-tiny"].with_(vocab_size=512)
-ENGINE_ARGS = {
-    "dtype": "float32",
-    "device": "cpu",
-    "experts_format": "dense",
-    "block_size": 4,
-    "kv_cache_memory": 2 << 20,
-    "max_model_len": 160,
-    "skip_tokenizer_init": True,
-    "enable_lora": True,
-    "max_loras": 2,
-    "max_lora_rank": 8,
-}
+ENGINE_ARGS = {**TP_EP_ENGINE_ARGS, "enable_lora": True, "max_loras": 2, "max_lora_rank": 8}
 TOLERANCE = 1e-4
 
 

@@ -20,9 +20,9 @@ import redis
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
 from oss_serve.streams.registry import ReplicaLoad
 from oss_serve.workers.lora.peft_format import ADAPTER_CONFIG, write_adapter
+from oss_serve.workers.lora.synthetic import random_adapter
 from oss_serve.workers.model.config import PRESETS
 from tests.router.http.stack import API_KEY, TINY_MODEL, Stack
-from tests.workers.lora.lora_helpers import random_adapter
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN_KEY = "sk-admin-test"

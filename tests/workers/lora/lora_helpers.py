@@ -49,25 +49,3 @@ def trained_adapter(
     adapter = lora_adapter(model)
     merge_lora(model)
     return adapter, model.eval()
-
-
-def random_adapter(
-    config: ModelConfig, *, rank: int, alpha: float, seed: int, experts: bool = True
-) -> LoRAAdapter:
-    """An adapter of random factors for every attention projection (and the experts)."""
-    from oss_serve.workers.lora.peft_format import expected_shapes
-
-    generator = torch.Generator().manual_seed(seed)
-    leaves = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
-    if experts:
-        leaves += ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-    weights = {}
-    for layer in range(config.num_hidden_layers):
-        for leaf in leaves:
-            name = f"layers.{layer}.{leaf}"
-            num_experts, out_features, in_features = expected_shapes(config, name)
-            lead = (num_experts,) if num_experts else ()
-            lora_a = torch.randn(*lead, rank, in_features, generator=generator) * 0.3
-            lora_b = torch.randn(*lead, out_features, rank, generator=generator) * 0.3
-            weights[name] = (lora_a, lora_b)
-    return LoRAAdapter(rank=rank, alpha=alpha, weights=weights)

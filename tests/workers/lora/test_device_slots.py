@@ -61,3 +61,23 @@ def test_a_cleared_slot_adds_nothing_and_a_smaller_rank_overwrites_a_larger_one(
     got = full_sequence_logprobs(base, [prompt])[0]
     slots.set_batch(None, set())
     torch.testing.assert_close(got, full_sequence_logprobs(base, [prompt])[0], atol=1e-6, rtol=0)
+
+
+def test_the_host_tier_keeps_max_cpu_loras_adapters_least_recently_used_first_out(tmp_path):
+    from oss_serve.workers.lora.host_cache import HostAdapterCache
+    from oss_serve.workers.lora.peft_format import write_adapter
+    from oss_serve.workers.lora.request import LoRARequest
+    from oss_serve.workers.lora.synthetic import random_adapter
+    from oss_serve.workers.model.parallel import SINGLE_PROCESS
+    from tests.workers.lora.lora_helpers import SMALL
+
+    loras = []
+    for index in range(3):
+        write_adapter(tmp_path / str(index), random_adapter(SMALL, rank=2, alpha=2.0, seed=index))
+        loras.append(LoRARequest(f"a{index}", index + 1, str(tmp_path / str(index))))
+    cache = HostAdapterCache(SMALL, SINGLE_PROCESS, max_cpu_loras=2, max_lora_rank=4)
+    for lora in (loras[0], loras[1], loras[0], loras[2]):  # a2 pushes out a1, not a0
+        cache.get(lora)
+    assert cache.held() == [1, 3] and cache.disk_reads == 3
+    cache.get(loras[1])  # from disk again
+    assert cache.held() == [3, 2] and cache.disk_reads == 4
