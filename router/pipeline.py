@@ -234,7 +234,8 @@ class RequestPipeline:
         decision = self.policy.select(route, room)
         saturated = all(0 < c.load.max_running <= c.requests for c in room)
         if saturated and decision.matched_blocks == 0 and not route.session_key:
-            return OVERFLOW, 0  # every replica is full: the first one with room takes it
+            if route.adapter is None:  # any replica may pull the overflow lane: base model only
+                return OVERFLOW, 0  # every replica is full: the first one with room takes it
         return decision.replica_id, decision.matched_blocks
 
     async def _stream_back(
