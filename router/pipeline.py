@@ -233,9 +233,11 @@ class RequestPipeline:
                 return sticky, 0
         decision = self.policy.select(route, room)
         saturated = all(0 < c.load.max_running <= c.requests for c in room)
-        if saturated and decision.matched_blocks == 0 and not route.session_key:
-            if route.adapter is None:  # any replica may pull the overflow lane: base model only
-                return OVERFLOW, 0  # every replica is full: the first one with room takes it
+        # every replica is full: the first one with room takes it from the overflow lane,
+        # which any replica pulls, so only base-model requests go there
+        overflow = not route.session_key and route.adapter is None
+        if saturated and decision.matched_blocks == 0 and overflow:
+            return OVERFLOW, 0
         return decision.replica_id, decision.matched_blocks
 
     async def _stream_back(
