@@ -2,8 +2,11 @@
 oversized adapter is refused with its reason and the engine keeps serving the rest.
 
 `--lora-modules` fill it at start-up; `add`/`remove` change it at run time (vLLM's
-load_lora_adapter / unload_lora_adapter). Each adapter gets a new positive id, so a name
-loaded again from another folder never reuses the old one's cached weights.
+load_lora_adapter / unload_lora_adapter). Each adapter gets a new positive id, so cached
+weights are never reused across loads. KV blocks are keyed by the adapter's name (the
+router hashes them alike), so a name stays bound to its first folder for the engine's life:
+loading it again from another folder is refused (blocks cached for the old weights would
+otherwise be hit).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class AdapterCatalog:
         self.config = config
         self.max_lora_rank = max_lora_rank
         self._by_name: dict[str, LoRARequest] = {}
+        self._folder_of: dict[str, str] = {}  # every name ever served -> its folder
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -40,8 +44,15 @@ class AdapterCatalog:
             raise AdapterError(
                 f"adapter {name!r} is already loaded from {known.lora_path}; unload it first"
             )
+        bound = self._folder_of.get(name)
+        if bound is not None and bound != folder:
+            raise AdapterError(
+                f"adapter name {name!r} was served from {bound} on this replica; its cached KV "
+                "is keyed by the name: load the new folder under a new name"
+            )
         read_adapter(folder, self.config, max_rank=self.max_lora_rank)
         with self._lock:
+            self._folder_of[name] = folder
             request = self._by_name.setdefault(name, LoRARequest(name, next(self._ids), folder))
         return request
 

@@ -151,3 +151,6 @@ def test_a_corrupt_or_oversized_adapter_is_refused_and_the_engine_keeps_serving(
         core.step()
     assert core.held_loras() == ["beta"]
     assert core.remove_lora("beta") and core.held_loras() == [] and not core.remove_lora("beta")
+    with pytest.raises(AdapterError, match="under a new name"):  # its cached KV is keyed by name
+        core.add_lora("beta", adapters["alpha"])
+    assert core.add_lora("beta", adapters["beta"]).lora_int_id != served.lora_int_id
