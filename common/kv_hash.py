@@ -16,6 +16,12 @@ HASH_BYTES = 8
 _ROOT = b"\x00" * HASH_BYTES
 
 
+def adapter_extra_key(adapter_name: str | None) -> str | None:
+    """The extra key of KV computed with a LoRA adapter (None: the base model), so that two
+    adapters, or an adapter and the base model, never share blocks."""
+    return f"lora:{adapter_name}" if adapter_name else None
+
+
 def hash_block(
     parent_hash: int | None, token_ids: Sequence[int], extra_key: str | None = None
 ) -> int:

@@ -13,7 +13,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
     YamlConfigSettingsSource,
 )
+
+from oss_serve.common.adapters import parse_lora_modules
 
 CONFIG_ENV_VAR = "OSS_SERVE_CONFIG"
 _config_file: ContextVar[Path | None] = ContextVar("oss_serve_config_file", default=None)
@@ -54,6 +56,15 @@ class Settings(BaseSettings):
     enforce_eager: bool = False  # no CUDA graphs for decode (vLLM's --enforce-eager)
     cuda_graph_sizes: list[int] | None = None  # decode batch sizes to capture (None: vLLM's)
     async_scheduling: bool | None = None  # schedule step N+1 while N runs (None: on on CUDA)
+
+    # --- LoRA adapters (vLLM's flags): many adapters on one replica, chosen per request ------
+    enable_lora: bool = False
+    lora_modules: list[str] = []  # "name=path" or '{"name": ..., "path": ...}' (PEFT folders)
+    max_loras: int = 1  # adapters in device slots = distinct adapters in one step at most
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # adapters kept in host memory (default: max_loras)
+    admin_api_key: SecretStr | None = None  # router: allows POST /v1/(un)load_lora_adapter
+    adapter_affinity_blocks: float = 8.0  # routing cost of a replica that must load the adapter
 
     # --- Ray replicas: TP/EP actor groups -------------------------------------------
     ray_address: str | None = None  # "auto" / "ray://host:10001": join a cluster; None = local Ray
@@ -112,6 +123,17 @@ class Settings(BaseSettings):
     max_request_tools: int = 256
     max_request_n: int = 16  # choices per request
     response_store_ttl_s: int = 24 * 3600  # stored Responses for previous_response_id
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _lora_modules_parse(cls, values: list[str]) -> list[str]:
+        parse_lora_modules(values)
+        return values
+
+    @property
+    def lora_module_paths(self) -> dict[str, str]:
+        """--lora-modules as {name: PEFT folder}."""
+        return parse_lora_modules(self.lora_modules)
 
     @classmethod
     def settings_customise_sources(

@@ -8,9 +8,12 @@ the caller sums the shares across ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .backend import use_triton
+from .lora import MoELoRA, add_lora
 from .mxfp4 import dequantize_mxfp4
 
 
@@ -40,14 +43,22 @@ def moe_experts(
     swiglu_alpha: float,
     swiglu_limit: float,
     expert_start: int = 0,
+    lora: MoELoRA | None = None,
 ) -> torch.Tensor:
     """sum_k w_k * expert_{id_k}(x) over the local experts; x [N, hidden] -> [N, hidden].
 
     w1 [E_local, 2I, H] (rows interleave gate/up) and w2 [E_local, H, I] are dense when their
     scales are None, else MXFP4 blocks [E_local, out, in/32, 16] with scales [E_local, out,
-    in/32]. b1 [E_local, 2I], b2 [E_local, H].
+    in/32]. b1 [E_local, 2I], b2 [E_local, H]. `lora`: per-token expert adapters, added to
+    each expert's two projections (the grouped path, on every device).
     """
-    implementation = moe_experts_grouped
+    if lora is not None:
+        return moe_experts_grouped(
+            x, topk_weights, topk_ids, w1, w1_scales, b1, w2, w2_scales, b2,
+            swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit, expert_start=expert_start,
+            lora=lora,
+        )  # fmt: skip
+    implementation: Callable[..., torch.Tensor] = moe_experts_grouped
     if use_triton(x, topk_weights, topk_ids, w1, b1, w2, b2):
         from . import triton_moe
 
@@ -128,12 +139,14 @@ def moe_experts_grouped(
     swiglu_alpha: float,
     swiglu_limit: float,
     expert_start: int = 0,
+    lora: MoELoRA | None = None,
 ) -> torch.Tensor:
     """The torch (CPU) fast path; same result as `moe_experts_ref`.
 
     The (token, expert) pairs are sorted by expert once, so each expert's rows are one
     contiguous slice (one gather in, one scatter-add out) instead of a search per expert.
-    Sums run in the reference's order: a token's experts by increasing id.
+    Sums run in the reference's order: a token's experts by increasing id. With `lora`,
+    each pair's adapter delta joins its projection's output before the SwiGLU / the sum.
     """
     top_k = topk_ids.shape[1]
     local_ids = (topk_ids - expert_start).flatten()
@@ -146,21 +159,37 @@ def moe_experts_grouped(
     order = torch.argsort(local_ids, stable=True)
     local_ids, tokens, pair_weights = local_ids[order], tokens[order], pair_weights[order]
     rows = x[tokens]
-    outputs = torch.empty_like(rows)
-    start = 0
-    for expert, count in enumerate(torch.bincount(local_ids, minlength=num_local).tolist()):
-        if count == 0:
-            continue
-        hidden = torch.nn.functional.linear(
-            rows[start : start + count], _expert_weight(w1, w1_scales, expert, x.dtype), b1[expert]
-        )
-        hidden = swiglu(hidden, swiglu_alpha, swiglu_limit)
-        outputs[start : start + count] = torch.nn.functional.linear(
-            hidden, _expert_weight(w2, w2_scales, expert, x.dtype), b2[expert]
-        )
-        start += count
+    counts = torch.bincount(local_ids, minlength=num_local).tolist()
+    pair_slots = None if lora is None else lora.pair_slots(tokens, local_ids)
+    hidden = _grouped_linear(rows, counts, w1, w1_scales, b1)
+    if lora is not None and pair_slots is not None:
+        add_lora(hidden, rows, lora.gate_up, pair_slots)
+    hidden = swiglu(hidden, swiglu_alpha, swiglu_limit)
+    outputs = _grouped_linear(hidden, counts, w2, w2_scales, b2)
+    if lora is not None and pair_slots is not None:
+        add_lora(outputs, hidden, lora.down, pair_slots)
     out = torch.zeros_like(x)
     return out.index_add_(0, tokens, outputs * pair_weights[:, None].to(outputs.dtype))
+
+
+def _grouped_linear(
+    rows: torch.Tensor,
+    counts: list[int],
+    weight: torch.Tensor,
+    scales: torch.Tensor | None,
+    bias: torch.Tensor,
+) -> torch.Tensor:
+    """rows sorted by expert (`counts` each) times their expert's weight, plus its bias."""
+    out = rows.new_empty(rows.shape[0], bias.shape[1])
+    start = 0
+    for expert, count in enumerate(counts):
+        if count:
+            out[start : start + count] = torch.nn.functional.linear(
+                rows[start : start + count], _expert_weight(weight, scales, expert, rows.dtype),
+                bias[expert],
+            )  # fmt: skip
+            start += count
+    return out
 
 
 def _expert_weight(

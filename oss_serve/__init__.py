@@ -20,6 +20,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "Logprob": "oss_serve.workers.engine.outputs",
     "AsyncEngine": "oss_serve.workers.engine.async_engine",
     "EngineConfig": "oss_serve.workers.engine.engine_config",
+    "LoRARequest": "oss_serve.workers.lora.request",
 }
 
 __all__ = ["__version__", *_LAZY_EXPORTS]

@@ -89,11 +89,25 @@ class ClusterView:
                 served[load.model] = max(served.get(load.model, 0), load.max_model_len)
         return served
 
+    def adapters(self) -> dict[str, str]:
+        """LoRA adapter name -> the base model it runs on, over healthy replicas."""
+        served: dict[str, str] = {}
+        for load in self.replicas.values():
+            if not load.draining:
+                served.update(dict.fromkeys(load.adapters, load.model))
+        return served
+
+    def is_adapter(self, model: str) -> bool:
+        """Does `model` name a LoRA adapter (rather than a base model) here?"""
+        return bool(model) and model not in self.models() and model in self.adapters()
+
     def candidates(self, model: str) -> list[Candidate]:
-        """Healthy, non-draining replicas serving `model` ('' = any), with local counts."""
+        """Healthy, non-draining replicas serving `model` ('' = any base model; a LoRA
+        adapter's name = the replicas serving that adapter), with local counts."""
         chosen = []
         for replica_id, load in self.replicas.items():
-            if load.draining or (model and load.model != model):
+            serves = not model or load.model == model or model in load.adapters
+            if load.draining or not serves:
                 continue
             unreported = self._unreported.get(replica_id, _Unreported())
             chosen.append(Candidate(load, unreported.requests, unreported.blocks))

@@ -70,11 +70,18 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
+        view = self._pipeline.view
+        lengths = view.models()
+        named = [(name, "") for name in sorted(lengths)] + sorted(view.adapters().items())
         models = [
             inference_pb2.Model(
-                id=name, owned_by=self._owned_by, created=self._created, max_model_len=length
+                id=name,
+                owned_by=self._owned_by,
+                created=self._created,
+                max_model_len=lengths.get(parent or name, 0),
+                parent=parent,
             )
-            for name, length in sorted(self._pipeline.view.models().items())
+            for name, parent in named
         ]
         return inference_pb2.ListModelsResponse(models=models)
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 
+from oss_serve.common.kv_hash import adapter_extra_key
 from oss_serve.common.logging import get_logger
 from oss_serve.common.vocab import STOP_TOKEN_IDS
 from oss_serve.protos import inference_pb2, replica_link_pb2
@@ -135,10 +136,16 @@ class RequestPipeline:
             enqueued_unix_s=time.time(),
             deadline_unix_s=time.time() + timeout_s,
         )
+        adapter = request.model if self.view.is_adapter(request.model) else None
         route = RouteRequest(
             internal_id,
-            PromptBlocks(request.prompt_token_ids, room[0].load.block_size or 16),
+            PromptBlocks(
+                request.prompt_token_ids,
+                room[0].load.block_size or 16,
+                adapter_extra_key(adapter),  # the engine keys an adapter's KV blocks alike
+            ),
             _session_hash(request.session_key) if request.session_key else None,
+            adapter,
         )
         self.hub.own(owned)
         routed_to = ""
@@ -171,7 +178,7 @@ class RequestPipeline:
             candidates = self.view.candidates(model)
             if candidates:
                 return candidates
-            served = sorted(self.view.models())
+            served = sorted({*self.view.models(), *self.view.adapters()})
             if model and served:
                 raise ModelNotFound(
                     f"model {model!r} is not served here; available: {', '.join(served)}",
@@ -226,8 +233,11 @@ class RequestPipeline:
                 return sticky, 0
         decision = self.policy.select(route, room)
         saturated = all(0 < c.load.max_running <= c.requests for c in room)
-        if saturated and decision.matched_blocks == 0 and not route.session_key:
-            return OVERFLOW, 0  # every replica is full: the first one with room takes it
+        # every replica is full: the first one with room takes it from the overflow lane,
+        # which any replica pulls, so only base-model requests go there
+        overflow = not route.session_key and route.adapter is None
+        if saturated and decision.matched_blocks == 0 and overflow:
+            return OVERFLOW, 0
         return decision.replica_id, decision.matched_blocks
 
     async def _stream_back(

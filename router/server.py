@@ -89,6 +89,7 @@ class RouterServer:
             balance_abs_threshold=settings.balance_abs_threshold,
             balance_rel_threshold=settings.balance_rel_threshold,
             load_measure=settings.prefix_load_measure,
+            adapter_affinity_blocks=settings.adapter_affinity_blocks,
         )
         self.pipeline = RequestPipeline(
             view=self.view,

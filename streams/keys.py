@@ -15,6 +15,8 @@ several deployments can share one Redis. Layout:
 - `{ns}:usage:{key_id}`            hash: token/request accounting
 - `{ns}:response:{response_id}`    string: stored Responses API object (TTL)
 - `{ns}:session:{session_key}`     string: replica id a sticky session is routed to (TTL)
+- `{ns}:lora-adapters`             hash: LoRA adapter name -> JSON load/unload order (routers
+                                   write it, replicas with --enable-lora follow it)
 
 Every request stream has one consumer group, CONSUMER_GROUP; consumers are replica ids.
 """
@@ -75,6 +77,10 @@ class RedisKeys:
 
     def session(self, session_key: str) -> str:
         return f"{self.namespace}:session:{session_key}"
+
+    @property
+    def lora_adapters(self) -> str:
+        return f"{self.namespace}:lora-adapters"
 
     def replica_streams(self, replica_id: str) -> list[str]:
         """A replica's request streams, highest-priority lane first."""

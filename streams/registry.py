@@ -7,6 +7,7 @@ TTL of a few heartbeats, so a replica that stops beating disappears on its own.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,11 +40,37 @@ class ReplicaLoad:
     draining: bool = False
     started_ts: float = 0.0  # unix s of the replica process start: a change means a fresh cache
     heartbeat_ts: float = 0.0
+    max_loras: int = 0  # LoRA adapter slots; 0 = the replica serves no adapters
+    lora_adapters: str = ""  # adapters served, comma-separated names
+    lora_held: str = ""  # those in device slots now (a request for one starts without a load)
+    lora_errors: str = ""  # JSON {name: {"order": id, "error": why}}: failed runtime loads
 
     @property
     def requests(self) -> int:
         """Requests the replica holds: running, waiting in the engine, queued in Redis."""
         return self.running + self.waiting + self.queued
+
+    @property
+    def adapters(self) -> list[str]:
+        return [name for name in self.lora_adapters.split(",") if name]
+
+    @property
+    def held_adapters(self) -> list[str]:
+        return [name for name in self.lora_held.split(",") if name]
+
+    def holds_adapter(self, name: str) -> bool:
+        return name in self.held_adapters
+
+    def adapter_error(self, name: str, order_id: str) -> str | None:
+        """Why this replica failed the load order `order_id` of adapter `name`, if it did."""
+        try:
+            errors = json.loads(self.lora_errors) if self.lora_errors else {}
+        except ValueError:
+            return None
+        entry = errors.get(name) if isinstance(errors, dict) else None
+        if isinstance(entry, dict) and entry.get("order") == order_id:
+            return str(entry.get("error", "unknown error"))
+        return None
 
     @property
     def kv_blocks_used(self) -> int:

@@ -34,6 +34,7 @@ from oss_serve.workers.engine.metrics import EngineStats
 from oss_serve.workers.engine.outputs import RequestOutput
 from oss_serve.workers.engine.pipelined_core import build_engine_core
 from oss_serve.workers.engine.sampling_params import SamplingParams
+from oss_serve.workers.lora.request import LoRARequest
 
 log = get_logger(__name__)
 
@@ -177,6 +178,7 @@ class RayEngine:
         priority: int = 0,
         prompt: str | None = None,
         resume_output_token_ids: Sequence[int] = (),
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """AsyncEngine.generate; refuses new requests while draining or after a failure."""
         engine = self._engine()
@@ -186,7 +188,7 @@ class RayEngine:
         try:
             async for output in engine.generate(
                 request_id, prompt_token_ids, sampling_params, priority=priority, prompt=prompt,
-                resume_output_token_ids=resume_output_token_ids,
+                resume_output_token_ids=resume_output_token_ids, lora_request=lora_request,
             ):  # fmt: skip
                 yield output
         finally:
@@ -194,6 +196,16 @@ class RayEngine:
 
     async def abort(self, request_id: str) -> None:
         await self._engine().abort(request_id)
+
+    async def add_lora(self, name: str, path: str) -> LoRARequest:
+        """Checked on the driver; each rank reads its shard when a step first needs it."""
+        return await self._engine().add_lora(name, path)
+
+    async def remove_lora(self, name: str) -> bool:
+        return await self._engine().remove_lora(name)
+
+    def lora_request(self, name: str) -> LoRARequest | None:
+        return self._engine().lora_request(name)
 
     def stats(self) -> EngineStats:
         if self.engine is None:

@@ -17,3 +17,4 @@ class ReplicaConfig:
     max_delivery_attempts: int = 3
     router_link_grace_s: float = 10.0
     pull_block_ms: int = 100
+    max_loras: int = 0  # LoRA adapter slots (0: the engine serves no adapters)

@@ -16,6 +16,7 @@ class ReplicaEngine(Protocol):
         *,
         priority: int = 0,
         resume_output_token_ids: Sequence[int] = (),
+        lora_request: Any = None,
     ) -> AsyncIterator[Any]: ...
 
     async def abort(self, request_id: str) -> None: ...
@@ -23,6 +24,8 @@ class ReplicaEngine(Protocol):
     def stats(self) -> Any: ...  # EngineStats
 
     def admission_capacity(self) -> Any: ...  # AdmissionCapacity: .admits(prompt_lens)
+
+    def lora_request(self, name: str) -> Any: ...  # the LoRA adapter served as `name`, or None
 
     @property
     def is_running(self) -> bool: ...

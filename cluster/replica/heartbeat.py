@@ -4,8 +4,10 @@ alive, and the dead replicas it notices cleaned up, every `heartbeat_interval_s`
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
+from oss_serve.cluster.replica.adapter_sync import AdapterSync
 from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.engine_protocol import ReplicaEngine
 from oss_serve.cluster.replica.inflight import InFlight
@@ -19,9 +21,15 @@ log = get_logger(__name__)
 
 class Heartbeat:
     def __init__(
-        self, engine: ReplicaEngine, queue: ReplicaQueue, config: ReplicaConfig, inflight: InFlight
+        self,
+        engine: ReplicaEngine,
+        queue: ReplicaQueue,
+        config: ReplicaConfig,
+        inflight: InFlight,
+        adapters: AdapterSync | None = None,
     ) -> None:
         self.engine = engine
+        self.adapters = adapters
         self.queue = queue
         self.config = config
         self.inflight = inflight
@@ -51,6 +59,10 @@ class Heartbeat:
             draining=self.draining,
             started_ts=self.started_ts,
             heartbeat_ts=time.time(),
+            max_loras=self.config.max_loras,
+            lora_adapters=",".join(stats.lora_adapters),
+            lora_held=",".join(stats.lora_held),
+            lora_errors=json.dumps(self.adapters.errors) if self.adapters else "",
         )
 
     async def run(self) -> None:

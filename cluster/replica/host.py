@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from oss_serve.cluster.replica.adapter_sync import AdapterSync
 from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.queue import ReplicaQueue
 from oss_serve.cluster.replica.service import ReplicaService
@@ -65,6 +66,11 @@ def build_engine(
         enforce_eager=settings.enforce_eager,
         cuda_graph_sizes=settings.cuda_graph_sizes,
         async_scheduling=settings.async_scheduling,
+        enable_lora=settings.enable_lora,
+        max_loras=settings.max_loras,
+        max_lora_rank=settings.max_lora_rank,
+        max_cpu_loras=settings.max_cpu_loras,
+        lora_modules=settings.lora_module_paths,
     )
     sharded = settings.tensor_parallel_size > 1 or settings.expert_parallel_size > 1
     if sharded or settings.ray_engine:
@@ -155,10 +161,16 @@ async def start_replica_host(
         heartbeat_interval_s=settings.heartbeat_interval_s,
         max_delivery_attempts=settings.max_delivery_attempts,
         router_link_grace_s=settings.router_link_grace_s,
+        max_loras=settings.max_loras if settings.enable_lora else 0,
     )
     queue = ReplicaQueue(redis, keys, replica_id, heartbeat_ttl_s=settings.heartbeat_ttl_s)
     service = ReplicaService(
-        engine, queue, config, make_sampling_params=sampling_params_factory(), kv_events=publisher
+        engine,
+        queue,
+        config,
+        make_sampling_params=sampling_params_factory(),
+        kv_events=publisher,
+        adapters=AdapterSync(engine, redis, keys) if settings.enable_lora else None,
     )
     await service.start()
     return ReplicaHost(replica_id, engine, service, redis)

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.engine_protocol import ReplicaEngine
 from oss_serve.cluster.replica.handshake import START_TIMEOUT_S
 from oss_serve.cluster.replica.inflight import InFlight
@@ -25,12 +26,13 @@ class EnginePump:
     def __init__(
         self,
         engine: ReplicaEngine,
-        replica_id: str,
+        config: ReplicaConfig,
         make_sampling_params: Callable[[dict[str, Any]], Any],
         inflight: InFlight,
     ) -> None:
         self.engine = engine
-        self.replica_id = replica_id
+        self.config = config
+        self.replica_id = config.replica_id
         self._make_sampling_params = make_sampling_params
         self.inflight = inflight
         self._attempts = 0  # makes every engine request id unique
@@ -51,7 +53,11 @@ class EnginePump:
             )
         except ValueError as err:
             return Outcome("failed", f"invalid request: {err}", invalid=True)
-        pump = asyncio.create_task(self._pump(link, delivery, engine_id, params, emitted))
+        lora = self._adapter_of(record.model)
+        if lora is False:
+            reason = f"invalid request: model {record.model!r} is not served by this replica"
+            return Outcome("failed", reason, invalid=True)
+        pump = asyncio.create_task(self._pump(link, delivery, engine_id, params, emitted, lora))
         stopped = asyncio.create_task(session.stopped.wait())
         try:
             await asyncio.wait({pump, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -76,8 +82,21 @@ class EnginePump:
         superseded = session.cancel is not None and session.cancel.superseded
         return Outcome("superseded" if superseded else "done")
 
+    def _adapter_of(self, model: str) -> Any:
+        """The LoRA adapter a record's model names: None for the base model, False if unknown."""
+        if not model or model == self.config.model:
+            return None
+        lora = self.engine.lora_request(model) if self.config.max_loras else None
+        return False if lora is None else lora
+
     async def _pump(
-        self, link: RouterLink, delivery: Delivery, engine_id: str, params: Any, emitted: list[int]
+        self,
+        link: RouterLink,
+        delivery: Delivery,
+        engine_id: str,
+        params: Any,
+        emitted: list[int],
+        lora: Any = None,
     ) -> Outcome:
         """Run the engine and send its output; 'done' once the finish is sent."""
         record = delivery.record
@@ -94,6 +113,7 @@ class EnginePump:
             params,
             priority=record.priority,
             resume_output_token_ids=emitted,
+            lora_request=lora,
         )
         try:
             async with contextlib.aclosing(stream):  # type: ignore[type-var]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from oss_serve.cluster.replica.acks import acknowledge
+from oss_serve.cluster.replica.adapter_sync import AdapterSync
 from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.engine_protocol import ReplicaEngine
 from oss_serve.cluster.replica.failures import FailureNotices
@@ -51,17 +52,19 @@ class ReplicaService:
         *,
         make_sampling_params: Callable[[dict[str, Any]], Any],
         kv_events: KvEventPublisher | None = None,
+        adapters: AdapterSync | None = None,
     ) -> None:
         self.engine = engine
+        self.adapters = adapters  # follows runtime LoRA load/unload orders
         self.queue = queue
         self.config = config
         self.kv_events = kv_events
         self.links = RouterLinks(config.replica_id)
         self.inflight = InFlight()
-        self.heartbeat = Heartbeat(engine, queue, config, self.inflight)
+        self.heartbeat = Heartbeat(engine, queue, config, self.inflight, adapters)
         self.puller = Puller(engine, queue, config, self.inflight, self._start_serving)
         self.handshake = RouterHandshake(self.links, config)
-        self.pump = EnginePump(engine, config.replica_id, make_sampling_params, self.inflight)
+        self.pump = EnginePump(engine, config, make_sampling_params, self.inflight)
         self.failures = FailureNotices(self.links, config.replica_id)
         self._serving: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
@@ -81,6 +84,8 @@ class ReplicaService:
         ]
         if self.kv_events is not None:
             self._loops.append(asyncio.create_task(self.kv_events.run()))
+        if self.adapters is not None:
+            self._loops.append(asyncio.create_task(self.adapters.run()))
         log.info(
             "replica serving",
             replica_id=self.config.replica_id,
@@ -100,6 +105,8 @@ class ReplicaService:
         self.puller.stopped = self.heartbeat.draining = self.heartbeat.stopped = True
         if self.kv_events is not None:
             self.kv_events.stop()
+        if self.adapters is not None:
+            self.adapters.stop()
         await stop_tasks([*self._loops, *self._serving])
         with contextlib.suppress(*TRANSIENT_ERRORS):
             await self.queue.deregister()

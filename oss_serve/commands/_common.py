@@ -30,3 +30,50 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error and exit with `code` (2 = usage / not available)."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+# vLLM's LoRA flags, shared by `up` and `replica`
+EnableLoraOption = Annotated[
+    bool | None,
+    typer.Option("--enable-lora", help="Serve LoRA adapters (PEFT folders) on this model."),
+]
+LoraModulesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora-modules",
+        help='Adapters to serve from the start: name=path or {"name": ..., "path": ...} '
+        "(repeat the flag, or several separated by spaces in one value).",
+    ),
+]
+MaxLorasOption = Annotated[
+    int | None,
+    typer.Option("--max-loras", min=1, help="Adapters on the device (and in one step) at most."),
+]
+MaxLoraRankOption = Annotated[int | None, typer.Option("--max-lora-rank", min=1)]
+MaxCpuLorasOption = Annotated[
+    int | None,
+    typer.Option("--max-cpu-loras", min=1, help="Adapters kept in host memory (LRU)."),
+]
+AdminApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-api-key", help="Key for POST /v1/load_lora_adapter and /v1/unload_lora_adapter."
+    ),
+]
+
+
+def lora_flags(
+    enable_lora: bool | None,
+    lora_modules: list[str] | None,
+    max_loras: int | None,
+    max_lora_rank: int | None,
+    max_cpu_loras: int | None,
+) -> dict[str, Any]:
+    """The LoRA flags as settings fields (given ones only); --lora-modules implies LoRA on."""
+    return {
+        "enable_lora": True if lora_modules else enable_lora,
+        "lora_modules": lora_modules or None,
+        "max_loras": max_loras,
+        "max_lora_rank": max_lora_rank,
+        "max_cpu_loras": max_cpu_loras,
+    }

@@ -30,8 +30,16 @@ def finetune(
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder for the HF checkpoint.")],
     lora: Annotated[
-        bool, typer.Option("--lora", help="Train LoRA adapters, merged on save.")
+        bool, typer.Option("--lora", help="Train LoRA adapters (saved per --lora-save).")
     ] = False,
+    lora_save: Annotated[
+        str,
+        typer.Option(
+            "--lora-save",
+            help="merged (a full checkpoint in --out), adapter (a PEFT adapter folder in --out, "
+            "to serve with --lora-modules), or both (the adapter in --out/adapter).",
+        ),
+    ] = "both",
     lora_rank: Annotated[int, typer.Option("--lora-rank", min=1)] = 8,
     lora_alpha: Annotated[float, typer.Option("--lora-alpha")] = 16.0,
     lora_targets: Annotated[
@@ -71,6 +79,8 @@ def finetune(
     settings_from_flags(config)
     if save_format not in ("hf-dense", "hf-mxfp4"):
         fail(f"--save-format must be hf-dense or hf-mxfp4, not {save_format!r}")
+    if lora_save not in ("merged", "adapter", "both"):
+        fail(f"--lora-save must be merged, adapter or both, not {lora_save!r}")
     if device not in ("auto", "cpu", "cuda"):
         fail(f"--device must be auto, cpu or cuda, not {device!r}")
     from oss_serve.workers.training import FinetuneConfig
@@ -94,6 +104,7 @@ def finetune(
                 lora_rank=lora_rank,
                 lora_alpha=lora_alpha,
                 lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+                lora_save=lora_save,  # type: ignore[arg-type]
                 gradient_checkpointing=gradient_checkpointing,
                 corpus_vocab=corpus_vocab,
                 save_format=save_format,  # type: ignore[arg-type]
@@ -109,7 +120,11 @@ def finetune(
         f"({result.steps} steps, {result.train_seconds:.1f} s, peak RSS "
         f"{result.peak_rss_mib:.0f} MiB)"
     )
-    typer.echo(f"checkpoint: {result.out_dir}")
+    if not lora or lora_save != "adapter":
+        typer.echo(f"checkpoint: {result.out_dir}")
+    if lora and lora_save != "merged":
+        adapter_dir = result.out_dir / "adapter" if lora_save == "both" else result.out_dir
+        typer.echo(f"LoRA adapter (PEFT): {adapter_dir}")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,17 @@ from typing import Annotated
 
 import typer
 
-from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
+from oss_serve.commands._common import (
+    ConfigOption,
+    EnableLoraOption,
+    LoraModulesOption,
+    MaxCpuLorasOption,
+    MaxLoraRankOption,
+    MaxLorasOption,
+    fail,
+    lora_flags,
+    settings_from_flags,
+)
 
 
 def replica(
@@ -46,6 +56,11 @@ def replica(
     enforce_eager: Annotated[
         bool | None, typer.Option("--enforce-eager", help="No CUDA graphs for decode.")
     ] = None,
+    enable_lora: EnableLoraOption = None,
+    lora_modules: LoraModulesOption = None,
+    max_loras: MaxLorasOption = None,
+    max_lora_rank: MaxLoraRankOption = None,
+    max_cpu_loras: MaxCpuLorasOption = None,
 ) -> None:
     """Run a model replica that serves the requests routed to it through Redis."""
     from oss_serve.cluster.replica.host import run_replica
@@ -68,6 +83,7 @@ def replica(
         tensor_parallel_size=tensor_parallel_size,
         expert_parallel_size=expert_parallel_size,
         enforce_eager=enforce_eager,
+        **lora_flags(enable_lora, lora_modules, max_loras, max_lora_rank, max_cpu_loras),
     )
     try:
         code = asyncio.run(run_replica(settings))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
+from oss_serve.commands._common import AdminApiKeyOption, ConfigOption, fail, settings_from_flags
 
 
 def router(
@@ -46,6 +46,7 @@ def router(
         int | None,
         typer.Option("--max-queued-per-replica", help="Refuse (429) beyond this backlog."),
     ] = None,
+    admin_api_key: AdminApiKeyOption = None,
 ) -> None:
     """Run the router: the gRPC API in front of the Redis queues, routing by prefix cache and load."""
     from oss_serve.router.server import run_router
@@ -62,6 +63,7 @@ def router(
         redis_namespace=namespace,
         max_queue_wait_s=max_queue_wait_s,
         max_queued_per_replica=max_queued_per_replica,
+        admin_api_key=admin_api_key,
     )
     try:
         asyncio.run(run_router(settings))

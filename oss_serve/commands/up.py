@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
+from oss_serve.commands._common import (
+    AdminApiKeyOption,
+    ConfigOption,
+    EnableLoraOption,
+    LoraModulesOption,
+    MaxCpuLorasOption,
+    MaxLoraRankOption,
+    MaxLorasOption,
+    fail,
+    lora_flags,
+    settings_from_flags,
+)
 from oss_serve.common.logging import configure_logging
 
 if TYPE_CHECKING:
@@ -31,6 +42,12 @@ def up(
         None, "--redis-url", help="Use this Redis instead of starting one."
     ),
     api_key: str | None = typer.Option(None, "--api-key", help="API key clients must send."),
+    enable_lora: EnableLoraOption = None,
+    lora_modules: LoraModulesOption = None,
+    max_loras: MaxLorasOption = None,
+    max_lora_rank: MaxLoraRankOption = None,
+    max_cpu_loras: MaxCpuLorasOption = None,
+    admin_api_key: AdminApiKeyOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Start Redis, a local Ray runtime, the replicas and a router; Ctrl-C stops them all."""
@@ -46,6 +63,8 @@ def up(
         grpc_port=grpc_port,
         redis_url=redis_url,
         api_key=api_key,
+        admin_api_key=admin_api_key,
+        **lora_flags(enable_lora, lora_modules, max_loras, max_lora_rank, max_cpu_loras),
     )
     if "log_level" not in settings.model_fields_set:
         # the terminal shows progress lines and the banner; logs only when something is wrong

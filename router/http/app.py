@@ -18,6 +18,7 @@ from oss_serve.router.http.chat_api import create_chat_completion
 from oss_serve.router.http.completions_api import create_completion
 from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.errors import ApiError, install_error_handlers
+from oss_serve.router.http.lora_api import load_lora_adapter, unload_lora_adapter
 from oss_serve.router.http.response_store import ResponseStore
 from oss_serve.router.http.responses_api import create_response, delete_response, get_response
 from oss_serve.router.http.streaming import ClientGone
@@ -66,6 +67,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
             404, f"model {wanted!r} is not served here", param="model", code="model_not_found"
         )
 
+    async def load_lora(request: Request) -> Response:
+        return await load_lora_adapter(request, ctx)
+
+    async def unload_lora(request: Request) -> Response:
+        return await unload_lora_adapter(request, ctx)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -88,6 +95,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ("/v1/responses/{response_id}", response_delete, ["DELETE"]),
         ("/v1/models", models, ["GET"]),
         ("/v1/models/{model_id:path}", model, ["GET"]),
+        ("/v1/load_lora_adapter", load_lora, ["POST"]),
+        ("/v1/unload_lora_adapter", unload_lora, ["POST"]),
         ("/health", health, ["GET"]),
         ("/ready", ready, ["GET"]),
         ("/metrics", metrics, ["GET"]),
@@ -99,16 +108,23 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
 
 def _models(ctx: ApiContext) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": name,
-            "object": "model",
-            "created": ctx.created_unix_s,
-            "owned_by": ctx.owned_by,
-            "max_model_len": length,
-        }
-        for name, length in sorted(ctx.pipeline.view.models().items())
-    ]
+    """Base models, then LoRA adapters with their `parent` (vLLM's model cards)."""
+    view = ctx.pipeline.view
+    lengths = view.models()
+    entries = [_model_card(ctx, name, length) for name, length in sorted(lengths.items())]
+    for name, parent in sorted(view.adapters().items()):
+        entries.append({**_model_card(ctx, name, lengths.get(parent, 0)), "parent": parent})
+    return entries
+
+
+def _model_card(ctx: ApiContext, name: str, max_model_len: int) -> dict[str, Any]:
+    return {
+        "id": name,
+        "object": "model",
+        "created": ctx.created_unix_s,
+        "owned_by": ctx.owned_by,
+        "max_model_len": max_model_len,
+    }
 
 
 class StatusMetrics:

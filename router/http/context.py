@@ -45,6 +45,7 @@ class ApiContext:
     metrics: RouterMetrics
     limits: ApiLimits = field(default_factory=ApiLimits)
     owned_by: str = "oss-serve"
+    admin_api_key: str | None = None  # allows the runtime LoRA load/unload endpoints
     created_unix_s: int = field(default_factory=lambda: int(time.time()))
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 

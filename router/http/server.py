@@ -58,6 +58,7 @@ def api_context(router: RouterServer, settings: Settings) -> ApiContext:
             max_n=settings.max_request_n,
             response_ttl_s=settings.response_store_ttl_s,
         ),
+        admin_api_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
     )
 
 

@@ -26,6 +26,7 @@ def make_policy(
     balance_abs_threshold: int = 8,
     balance_rel_threshold: float = 1.5,
     load_measure: str = "prefill",
+    adapter_affinity_blocks: float = 8.0,
 ) -> RoutingPolicy:
     """Build a policy by its name; prefix_aware needs the router's prefix index."""
     if name == "round_robin":
@@ -39,6 +40,7 @@ def make_policy(
             balance_abs_threshold=balance_abs_threshold,
             balance_rel_threshold=balance_rel_threshold,
             load_measure=load_measure,
+            adapter_affinity_blocks=adapter_affinity_blocks,
         )
     raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")
 

@@ -51,6 +51,7 @@ class RouteRequest:
     request_id: str
     prompt: PromptBlocks
     session_key: str | None = None
+    adapter: str | None = None  # the LoRA adapter it runs with (None: the base model)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -81,10 +82,18 @@ def require_candidates(candidates: Sequence[Candidate]) -> None:
         raise Unavailable("no healthy replica can take the request; retry shortly")
 
 
-def least_loaded(candidates: Sequence[Candidate], turn: int = 0) -> Candidate:
-    """Fewest requests, then lowest KV usage; exact ties rotate with `turn`."""
-    best = min((c.requests, c.load.kv_usage) for c in candidates)
-    tied = [c for c in candidates if (c.requests, c.load.kv_usage) == best]
+def least_loaded(
+    candidates: Sequence[Candidate], turn: int = 0, adapter: str | None = None
+) -> Candidate:
+    """Fewest requests, then one already holding `adapter` (no load), then lowest KV usage;
+    exact ties rotate with `turn`."""
+
+    def key(candidate: Candidate) -> tuple[int, bool, float]:
+        cold = adapter is not None and not candidate.load.holds_adapter(adapter)
+        return candidate.requests, cold, candidate.load.kv_usage
+
+    best = min(key(c) for c in candidates)
+    tied = [c for c in candidates if key(c) == best]
     return tied[turn % len(tied)]
 
 

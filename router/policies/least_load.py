@@ -1,4 +1,5 @@
-"""The replica holding the fewest requests (running + waiting + queued), like a shortest queue."""
+"""The replica holding the fewest requests (running + waiting + queued), like a shortest queue;
+among equals, one that already holds the request's LoRA adapter."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class LeastLoad:
 
     def select(self, request: RouteRequest, candidates: Sequence[Candidate]) -> RouteDecision:
         require_candidates(candidates)
-        chosen = least_loaded(candidates, self._turn)
+        chosen = least_loaded(candidates, self._turn, request.adapter)
         self._turn += 1
         return RouteDecision(chosen.replica_id, reason="least_load")
 

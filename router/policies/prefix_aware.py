@@ -17,7 +17,9 @@ engines' KV events says which it holds). The load term is, by `load_measure`:
   holding a conversation's cached history repels that conversation's next turn as soon as
   another request with a long context runs there (measured in benchmarks/routing.py).
 
-Both terms are blocks, so one weight trades them and no threshold is needed. On top, the
+A request for a LoRA adapter costs `adapter_affinity_blocks` more on a replica that does
+not hold the adapter in its device slots (it would load it first; the registry says which
+hold it). Both terms are blocks, so one weight trades them and no threshold is needed. On top, the
 SGLang guard: when request counts are imbalanced (max - min > abs and max > rel * min)
 route least-load, whatever the cache says. Ties go to fewer requests, then to the replica
 with fewer indexed blocks (more free cache, SGLang's "smallest tree"), then rotate.
@@ -55,6 +57,7 @@ class PrefixAware:
         balance_abs_threshold: int = 8,
         balance_rel_threshold: float = 1.5,
         load_measure: str = "prefill",
+        adapter_affinity_blocks: float = 8.0,
     ) -> None:
         if overlap_weight < 0:
             raise ValueError(f"overlap_weight must be >= 0, got {overlap_weight}")
@@ -67,6 +70,7 @@ class PrefixAware:
         self.overlap_weight = overlap_weight
         self.balance_abs_threshold = balance_abs_threshold
         self.balance_rel_threshold = balance_rel_threshold
+        self.adapter_affinity_blocks = adapter_affinity_blocks
         self.mean_prompt_blocks = 0.0
         self.mean_uncached_blocks = 0.0
         self._turn = 0
@@ -78,7 +82,7 @@ class PrefixAware:
         if len(candidates) > 1 and is_imbalanced(
             candidates, self.balance_abs_threshold, self.balance_rel_threshold
         ):
-            chosen = least_loaded(candidates, self._turn)
+            chosen = least_loaded(candidates, self._turn, request.adapter)
             self._observe(prompt_blocks, prompt_blocks)
             return RouteDecision(chosen.replica_id, reason="imbalanced")
         matched = self.index.match(request.prompt) if self.overlap_weight else {}
@@ -87,6 +91,8 @@ class PrefixAware:
         for position, candidate in enumerate(candidates):
             cached = matched.get(candidate.replica_id, 0)
             cost = self.overlap_weight * (prompt_blocks - cached) + self._load(candidate)
+            if request.adapter and not candidate.load.holds_adapter(request.adapter):
+                cost += self.adapter_affinity_blocks
             rotation = (position - self._turn) % len(candidates)
             key = (cost, candidate.requests, self.index.block_count(candidate.replica_id), rotation)
             if best is None or key < best:

@@ -430,3 +430,45 @@ def test_service_monitor_scrapes_the_router_metrics():
         s for s in of_kind(objects, "Service") if s["metadata"]["name"] == "oss-serve-autoscaler"
     )
     assert service["spec"]["selector"] == autoscaler["spec"]["selector"]["matchLabels"]
+
+
+def test_lora_values_become_the_replicas_vllm_flags_and_the_routers_admin_key():
+    """Should set OSS_SERVE_ENABLE_LORA, LORA_MODULES, MAX_LORAS, MAX_LORA_RANK and
+    MAX_CPU_LORAS on every replica when `model.lora.enabled` is set, and the routers' admin
+    key from `model.lora.adminKey.existingSecret`."""
+    import json
+
+    from oss_serve.common.adapters import parse_lora_modules
+
+    values = CHART / "ci" / "full-features-values.yaml"
+    objects = render(values)
+    replica_envs = []
+    for where, template in pod_templates(objects):
+        for c in containers(template):
+            env = {e["name"]: e for e in c.get("env", [])}
+            if c["name"] == "replica":
+                replica_envs.append(env)
+            if c["name"] == "router":
+                secret = env["OSS_SERVE_ADMIN_API_KEY"]["valueFrom"]["secretKeyRef"]
+                assert secret == {"name": "oss-serve-admin", "key": "admin-api-key"}, where
+    assert replica_envs
+    for env in replica_envs:
+        assert env["OSS_SERVE_ENABLE_LORA"]["value"] == "true"
+        modules = json.loads(env["OSS_SERVE_LORA_MODULES"]["value"])
+        assert parse_lora_modules(modules) == {
+            "sql": "/models/lora/sql",
+            "support-bot": "/models/lora/support-bot",
+        }
+        assert (env["OSS_SERVE_MAX_LORAS"]["value"], env["OSS_SERVE_MAX_LORA_RANK"]["value"]) == (
+            "8",
+            "32",
+        )
+        assert env["OSS_SERVE_MAX_CPU_LORAS"]["value"] == "16"
+
+
+def test_lora_off_by_default_sets_no_lora_env():
+    """Should leave LoRA off (no OSS_SERVE_*LORA* env, no admin key) with the default values."""
+    for _, template in pod_templates(render(CHART / "ci" / "default-values.yaml")):
+        for c in containers(template):
+            names = {e["name"] for e in c.get("env", [])}
+            assert not {n for n in names if "LORA" in n or n == "OSS_SERVE_ADMIN_API_KEY"}

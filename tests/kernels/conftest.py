@@ -29,6 +29,7 @@ TRITON_MODULES = (
     "oss_serve.kernels.triton_norm",
     "oss_serve.kernels.triton_rope",
     "oss_serve.kernels.triton_sampling",
+    "oss_serve.kernels.triton_lora",
 )
 
 

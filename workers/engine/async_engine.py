@@ -23,6 +23,7 @@ from oss_serve.workers.engine.engine_core import EngineCore
 from oss_serve.workers.engine.metrics import EngineStats
 from oss_serve.workers.engine.outputs import RequestOutput
 from oss_serve.workers.engine.sampling_params import RequestOutputKind, SamplingParams
+from oss_serve.workers.lora.request import LoRARequest
 from oss_serve.workers.runner.executor import Executor
 
 log = get_logger(__name__)
@@ -106,6 +107,7 @@ class AsyncEngine:
         priority: int = 0,
         prompt: str | None = None,
         resume_output_token_ids: Sequence[int] = (),
+        lora_request: LoRARequest | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream RequestOutput deltas (new tokens, text, logprobs) until the request finishes.
 
@@ -129,7 +131,7 @@ class AsyncEngine:
             try:
                 core.add_request(
                     request_id, tokens, params, priority=priority, prompt=prompt,
-                    resume_output_token_ids=resumed,
+                    resume_output_token_ids=resumed, lora_request=lora_request,
                 )  # fmt: skip
             finally:
                 self._added.append(request_id)
@@ -176,6 +178,36 @@ class AsyncEngine:
 
         self._commands.put(guarded)
         self._wake.set()
+
+    # --- LoRA adapters --------------------------------------------------------------------------
+    async def add_lora(self, name: str, path: str) -> LoRARequest:
+        """Serve the adapter at `path` as `name`; it is read and checked off the engine thread
+        (AdapterError says why not), so serving never pauses for it."""
+        core = self._core()
+        return await asyncio.to_thread(core.add_lora, name, path)
+
+    async def remove_lora(self, name: str) -> bool:
+        """Stop serving `name` (running requests with it finish); False if it was unknown."""
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def remove(core: EngineCore) -> None:
+            removed = core.remove_lora(name)
+            self._stats = core.stats()
+            loop.call_soon_threadsafe(done.set_result, removed)
+
+        self._submit(remove, None)
+        return await done
+
+    def lora_request(self, name: str) -> LoRARequest | None:
+        """The adapter served as `name` (None: not an adapter of this engine)."""
+        return self._core().lora_request(name)
+
+    def _core(self) -> EngineCore:
+        if self.core is None:
+            raise EngineDeadError("the engine has not started")
+        return self.core
 
     # --- load reporting -----------------------------------------------------------------------
     def stats(self) -> EngineStats:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from oss_serve.workers.engine.block_pool import KVCacheEvent
@@ -44,6 +44,12 @@ class EngineConfig:
     cuda_graph_sizes: list[int] | None = None  # decode batch sizes to capture (None: vLLM's)
     # pad decode batches to the capture sizes even without graphs (tests of the padding)
     pad_decode_batches: bool = False
+    # LoRA adapters, vLLM's names: many adapters on this one model, chosen per request
+    enable_lora: bool = False
+    max_loras: int = 1  # adapters in device slots = distinct adapters in one step at most
+    max_lora_rank: int = 16
+    max_cpu_loras: int | None = None  # adapters kept in host memory (default: max_loras)
+    lora_modules: dict[str, str] = field(default_factory=dict)  # name -> PEFT folder, at start
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs"):
@@ -55,6 +61,19 @@ class EngineConfig:
             )
         if self.tensor_parallel_size < 1 or self.expert_parallel_size < 1:
             raise ValueError("tensor_parallel_size and expert_parallel_size must be >= 1")
+        if self.max_loras < 1 or self.max_lora_rank < 1:
+            raise ValueError("max_loras and max_lora_rank must be >= 1")
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError(
+                f"max_cpu_loras ({self.max_cpu_loras}) must be >= max_loras ({self.max_loras})"
+            )
+        if self.lora_modules and not self.enable_lora:
+            raise ValueError("lora_modules need enable_lora=True")
+
+    @property
+    def cpu_loras(self) -> int:
+        """Adapters the host tier keeps (max_cpu_loras, at least max_loras)."""
+        return self.max_cpu_loras or self.max_loras
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EngineConfig:

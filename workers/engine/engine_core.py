@@ -35,6 +35,10 @@ from oss_serve.workers.engine.request import Request, RequestStatus, SiblingGrou
 from oss_serve.workers.engine.sampling_params import InvalidRequestError, SamplingParams
 from oss_serve.workers.engine.scheduler import Scheduler, SchedulerConfig
 from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from oss_serve.workers.lora.catalog import AdapterCatalog
+from oss_serve.workers.lora.peft_format import AdapterError
+from oss_serve.workers.lora.request import LoRARequest
+from oss_serve.workers.lora.slot_table import AdapterSlotTable
 from oss_serve.workers.runner.executor import Executor, LocalExecutor
 from oss_serve.workers.runner.logits_processors import as_processors
 
@@ -79,6 +83,13 @@ class EngineCore:
         executor.initialize_kv_cache(num_blocks)
         self.async_scheduling = wants_async_scheduling(config, executor)
         self._steps_in_flight: deque[_StepInFlight] = deque()
+        self.adapters: AdapterCatalog | None = None
+        lora_slots = None
+        if config.enable_lora:
+            self.adapters = AdapterCatalog(model_config, max_lora_rank=config.max_lora_rank)
+            lora_slots = AdapterSlotTable(config.max_loras)
+            for name, path in config.lora_modules.items():
+                self.adapters.add(name, path)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_batched_tokens=config.max_num_batched_tokens,
@@ -89,6 +100,7 @@ class EngineCore:
                 async_scheduling=self.async_scheduling,
             ),
             self.kv_cache,
+            lora_slots,
         )
         self.output_processor = OutputProcessor(tokenizer)
         self.timer = StepTimer()
@@ -146,8 +158,12 @@ class EngineCore:
         prompt: str | None = None,
         arrival_time: float | None = None,
         resume_output_token_ids: Sequence[int] = (),
+        lora_request: LoRARequest | None = None,
     ) -> None:
         """Queue a request (n > 1 becomes n sequences sharing the prompt); raises on bad input.
+
+        `lora_request`: run it with that LoRA adapter (an unknown one is loaded and checked
+        first, as vLLM does); None runs the base model.
 
         `resume_output_token_ids`: output tokens the request already emitted (on a replica
         that died); it continues after them as if never interrupted (sampling index,
@@ -155,6 +171,7 @@ class EngineCore:
         """
         params = sampling_params or SamplingParams()
         tokens = self._validate(request_id, prompt_token_ids, params)
+        lora = self._resolve_adapter(lora_request)
         max_tokens = self.max_model_len - len(tokens)
         if params.max_tokens is not None:
             max_tokens = min(max_tokens, params.max_tokens)
@@ -165,9 +182,11 @@ class EngineCore:
             [request_id] if params.n == 1 else [f"{i}_{request_id}" for i in range(params.n)]
         )
         siblings = SiblingGroup(child_ids[0], params.n) if params.n > 1 else None
-        extra_key = (
+        private = (
             None if self.config.enable_prefix_caching else f"private-{next(self._family_counter)}"
         )
+        keys = [k for k in (lora.kv_key if lora else None, private) if k]
+        extra_key = "|".join(keys) or None
         self.output_processor.add_request(
             request_id, prompt, tokens, params, child_ids, arrival, resumed
         )
@@ -180,6 +199,7 @@ class EngineCore:
                     block_size=self.config.block_size, max_tokens=max_tokens, priority=priority,
                     arrival_time=arrival, kv_extra_key=extra_key, parent_id=request_id,
                     index=index, siblings=siblings, resumed_output_token_ids=resumed,
+                    lora_request=lora,
                 )
             )  # fmt: skip
 
@@ -219,6 +239,48 @@ class EngineCore:
             raise InvalidRequestError(str(exc), field="logits_processors") from exc
         self.executor.check_request(params)
         return tokens
+
+    def _resolve_adapter(self, lora_request: LoRARequest | None) -> LoRARequest | None:
+        """The engine's own LoRARequest for the caller's (loaded and checked if new)."""
+        if lora_request is None:
+            return None
+        if self.adapters is None:
+            raise InvalidRequestError(
+                "this engine serves no LoRA adapters (start it with enable_lora)", "lora_request"
+            )
+        try:
+            return self.adapters.register(lora_request)
+        except AdapterError as err:
+            raise InvalidRequestError(str(err), "lora_request") from err
+
+    # --- adapters -----------------------------------------------------------------------------
+    def add_lora(self, name: str, path: str) -> LoRARequest:
+        """Serve the PEFT adapter at `path` as `name` (vLLM's load_lora_adapter); raises
+        AdapterError (corrupt, rank above max_lora_rank, wrong shapes) and keeps serving."""
+        if self.adapters is None:
+            raise AdapterError("this engine serves no LoRA adapters (start it with enable_lora)")
+        return self.adapters.add(name, path)
+
+    def remove_lora(self, name: str) -> bool:
+        """Stop serving `name`; requests already running with it finish. False if unknown."""
+        if self.adapters is None or self.adapters.get(name) is None:
+            return False
+        removed = self.adapters.remove(name)
+        if self.scheduler.lora_slots is not None:
+            self.scheduler.lora_slots.forget(removed.lora_int_id)
+        return True
+
+    def list_loras(self) -> list[str]:
+        return [] if self.adapters is None else self.adapters.names()
+
+    def lora_request(self, name: str) -> LoRARequest | None:
+        """The adapter served as `name`, if any."""
+        return None if self.adapters is None else self.adapters.get(name)
+
+    def held_loras(self) -> list[str]:
+        """Adapters in device slots now (a request of one of these starts without a load)."""
+        slots = self.scheduler.lora_slots
+        return [] if slots is None else [lora.lora_name for lora in slots.held()]
 
     def _validate_resume(
         self, token_ids: Sequence[int], params: SamplingParams, max_tokens: int
@@ -349,6 +411,8 @@ class EngineCore:
             scheduler_time_s=self.timer.schedule_s + self.timer.update_s,
             model_time_s=self.timer.execute_s,
             requests_finished=self.requests_finished,
+            lora_adapters=tuple(self.list_loras()),
+            lora_held=tuple(self.held_loras()),
         )
 
     def admission_capacity(self) -> AdmissionCapacity:

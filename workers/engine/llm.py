@@ -27,6 +27,7 @@ from oss_serve.workers.engine.sampling_params import (
     RequestOutputKind,
     SamplingParams,
 )
+from oss_serve.workers.lora.request import LoRARequest
 from oss_serve.workers.runner.executor import ExecutorFactory, LocalExecutor
 
 PromptType = str | Mapping[str, Any]
@@ -95,12 +96,17 @@ class LLM:
         *,
         use_tqdm: bool = False,
         priority: Sequence[int] | None = None,
+        lora_request: LoRARequest | Sequence[LoRARequest | None] | None = None,
     ) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in the prompts' order."""
+        """Run every prompt to completion; outputs come back in the prompts' order.
+
+        `lora_request`: one adapter for every prompt, or one per prompt (None = base model);
+        prompts of different adapters run batched together (needs enable_lora=True)."""
         if self._shut_down:
             raise RuntimeError("this LLM was shut down: create a new one to generate")
         prompt_list = [prompts] if isinstance(prompts, str | Mapping) else list(prompts)
         params_list = self._params_per_prompt(sampling_params, len(prompt_list))
+        loras = self._per_prompt(lora_request, len(prompt_list), "lora_request")
         request_ids: list[str] = []
         try:
             for index, (prompt, params) in enumerate(zip(prompt_list, params_list, strict=True)):
@@ -112,6 +118,7 @@ class LLM:
                     params.clone(output_kind=RequestOutputKind.FINAL_ONLY),
                     priority=priority[index] if priority else 0,
                     prompt=text,
+                    lora_request=loras[index],
                 )
                 request_ids.append(request_id)
         except Exception:
@@ -142,6 +149,17 @@ class LLM:
                 f"got {len(params)} sampling_params for {count} prompts", field="sampling_params"
             )
         return params
+
+    @staticmethod
+    def _per_prompt(
+        value: LoRARequest | Sequence[LoRARequest | None] | None, count: int, name: str
+    ) -> list[LoRARequest | None]:
+        if value is None or isinstance(value, LoRARequest):
+            return [value] * count
+        values = list(value)
+        if len(values) != count:
+            raise InvalidRequestError(f"got {len(values)} {name}s for {count} prompts", name)
+        return values
 
     def _tokenize(self, prompt: PromptType) -> tuple[str | None, list[int]]:
         if isinstance(prompt, Mapping):

@@ -56,6 +56,8 @@ class EngineStats:
     model_time_s: float  # model runner (inputs, forward, sampling)
     requests_finished: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    lora_adapters: tuple[str, ...] = ()  # LoRA adapters served (by name)
+    lora_held: tuple[str, ...] = ()  # those in device slots now
 
     @property
     def prefix_cache_hit_rate(self) -> float:

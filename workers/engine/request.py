@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from oss_serve.common.kv_hash import hash_block
 from oss_serve.workers.engine.outputs import RequestMetrics
 from oss_serve.workers.engine.sampling_params import SamplingParams
+from oss_serve.workers.lora.request import LoRARequest
 
 
 class RequestStatus(enum.IntEnum):
@@ -69,8 +70,10 @@ class Request:
         index: int = 0,
         siblings: SiblingGroup | None = None,
         resumed_output_token_ids: Sequence[int] = (),
+        lora_request: LoRARequest | None = None,
     ) -> None:
         self.request_id = request_id
+        self.lora_request = lora_request
         self.parent_id = parent_id or request_id
         self.index = index
         self.siblings = siblings

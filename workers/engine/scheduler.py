@@ -16,6 +16,10 @@ but the scheduler has not seen yet (the runner feeds it). A request is not sched
 its max_tokens or max_model_len on placeholders; a preempted request waits until its steps
 in flight are back (their tokens are dropped: it recomputes and samples them again, the
 same tokens, since a draw depends only on the seed and the output index).
+
+LoRA: a waiting request starts only if the running requests then use at most `max_loras`
+distinct adapters (so no step mixes more); once one waits for that, later adapter requests
+wait behind it (base-model ones still start), so busy adapters cannot starve a new one.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from oss_serve.workers.engine.scheduler_output import (
     NewRequestData,
     SchedulerOutput,
 )
+from oss_serve.workers.lora.slot_table import AdapterSlotTable
 from oss_serve.workers.runner.logits_processors import processors_ready
 
 
@@ -55,9 +60,15 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        kv_cache: KVCacheManager,
+        lora_slots: AdapterSlotTable | None = None,
+    ) -> None:
         self.config = config
         self.kv_cache = kv_cache
+        self.lora_slots = lora_slots
         self.requests: dict[str, Request] = {}
         self.running: list[Request] = []  # kept in sort_key order
         self._waiting: list[tuple[tuple[int, float, str], Request]] = []  # heap; lazy removal
@@ -107,15 +118,18 @@ class Scheduler:
             request = self.requests.get(request_id)
             if request is None or request.is_finished:
                 continue
-            if request.status == RequestStatus.RUNNING:
+            was_running = request.status == RequestStatus.RUNNING
+            if was_running:
                 self.running.remove(request)
             self._waiting_ids.discard(request_id)
             request.status = status
-            self._release(request)
+            self._release(request, was_running)
             ended.append(request)
         return ended
 
-    def _release(self, request: Request) -> None:
+    def _release(self, request: Request, was_running: bool = True) -> None:
+        if was_running:
+            self._release_adapter(request)
         self.kv_cache.free(request)
         self._freed_ids.add(request.request_id)
         self.requests.pop(request.request_id, None)
@@ -194,6 +208,7 @@ class Scheduler:
 
     def _preempt(self, request: Request) -> None:
         self.running.remove(request)
+        self._release_adapter(request)
         self.kv_cache.free(request)
         self._freed_ids.add(request.request_id)
         request.status = RequestStatus.PREEMPTED
@@ -238,11 +253,18 @@ class Scheduler:
 
     def _schedule_waiting(self, output: SchedulerOutput, budget: int) -> None:
         skipped: list[Request] = []
+        adapter_blocked = False  # a request waits for an adapter slot: others queue behind it
         while self._waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             _, request = heapq.heappop(self._waiting)
             if request.request_id not in self._waiting_ids or request.is_finished:
                 continue  # aborted while waiting
             if self._must_wait(request):
+                skipped.append(request)
+                continue
+            if request.lora_request is not None and not self._adapter_fits(
+                request, adapter_blocked
+            ):
+                adapter_blocked = True
                 skipped.append(request)
                 continue
             if not self._admit(request, output, budget):
@@ -262,6 +284,27 @@ class Scheduler:
             return False
         self._start_running(request, computed, num_new, output)
         return True
+
+    def _adapter_fits(self, request: Request, behind_a_waiting_adapter: bool) -> bool:
+        """Can `request` start without a step mixing more than max_loras adapters?"""
+        if self.lora_slots is None:
+            return False  # the engine refuses adapter requests without LoRA; never reached
+        if behind_a_waiting_adapter:  # let the running adapters drain for the one waiting
+            return False
+        return self.lora_slots.can_start(request.lora_request)
+
+    def _acquire_adapter(self, request: Request, output: SchedulerOutput) -> int:
+        """The device slot of the request's adapter (-1: base model), loaded this step if new."""
+        if request.lora_request is None or self.lora_slots is None:
+            return -1
+        slot, load = self.lora_slots.acquire(request.lora_request)
+        if load:
+            output.lora_loads[slot] = request.lora_request
+        return slot
+
+    def _release_adapter(self, request: Request) -> None:
+        if request.lora_request is not None and self.lora_slots is not None:
+            self.lora_slots.release(request.lora_request)
 
     def _start_running(
         self, request: Request, computed: ComputedBlocks, num_new: int, output: SchedulerOutput
@@ -283,6 +326,7 @@ class Scheduler:
                 eos_token_ids=request.eos_token_ids,
                 block_ids=self.kv_cache.block_ids(request.request_id),
                 num_computed_tokens=computed.num_tokens,
+                lora_slot=self._acquire_adapter(request, output),
             )
         )
         output.num_scheduled_tokens[request.request_id] = num_new

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from oss_serve.workers.engine.sampling_params import SamplingParams
+from oss_serve.workers.lora.request import LoRARequest
 
 
 @dataclass
@@ -25,6 +26,7 @@ class NewRequestData:
     eos_token_ids: frozenset[int]
     block_ids: list[list[int]]  # per KV group
     num_computed_tokens: int  # prefix-cache hit
+    lora_slot: int = -1  # the device slot of its LoRA adapter; -1 = the base model
 
 
 @dataclass
@@ -43,6 +45,8 @@ class SchedulerOutput:
     num_scheduled_tokens: dict[str, int] = field(default_factory=dict)  # in batch order
     # finished, aborted or preempted since the last step: the runner drops their state
     freed_request_ids: set[str] = field(default_factory=set)
+    # adapters to put in device slots before this step runs: slot -> adapter
+    lora_loads: dict[int, LoRARequest] = field(default_factory=dict)
 
     @property
     def total_num_scheduled_tokens(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from oss_serve.kernels.attention import paged_attention, store_kv, varlen_attention
 from oss_serve.kernels.fused import add_rms_norm
+from oss_serve.kernels.lora import MoELoRA
 from oss_serve.kernels.moe import moe_experts, route
 from oss_serve.kernels.norm import rms_norm
 from oss_serve.kernels.rope import apply_rope
@@ -27,6 +28,29 @@ from oss_serve.workers.model.config import ModelConfig
 from oss_serve.workers.model.parallel import SINGLE_PROCESS, ParallelContext
 
 ExpertsFormat = Literal["mxfp4", "dense"]
+
+
+class LinearAdapter(Protocol):
+    """Adds each token's adapter delta (LoRA) to a projection's output, in place."""
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+
+
+class ExpertsAdapter(Protocol):
+    """The experts' adapters for the batch being run, or None when no token uses one."""
+
+    def __call__(self) -> MoELoRA | None: ...
+
+
+class Linear(nn.Linear):
+    """nn.Linear plus an optional adapter: the serving engine attaches one to serve many
+    LoRAs on one model (workers/lora); without one this is exactly nn.Linear."""
+
+    adapter: LinearAdapter | None = None
+
+    def forward(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias if bias else None)
+        return y if self.adapter is None else self.adapter(x, y)
 
 
 class RMSNorm(nn.Module):
@@ -93,11 +117,11 @@ class Attention(nn.Module):
         self.num_heads = parallel.q_heads(config.num_attention_heads).size
         self.num_kv_heads = parallel.kv_heads(config.num_key_value_heads).size
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim)
+        self.q_proj = Linear(hidden, self.num_heads * self.head_dim)
+        self.k_proj = Linear(hidden, self.num_kv_heads * self.head_dim)
+        self.v_proj = Linear(hidden, self.num_kv_heads * self.head_dim)
         # row-parallel: each rank multiplies its heads' columns; the bias is added once
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden)
+        self.o_proj = Linear(self.num_heads * self.head_dim, hidden)
         self.sinks = nn.Parameter(torch.empty(self.num_heads))
 
     def forward(
@@ -128,12 +152,14 @@ class Attention(nn.Module):
                 max_query_len=meta.max_query_len,
                 **window,
             )
-        out = F.linear(out.reshape(num_tokens, -1), self.o_proj.weight)
+        out = self.o_proj(out.reshape(num_tokens, -1), bias=False)
         return self.parallel.all_reduce(out) + self.o_proj.bias
 
 
 class Experts(nn.Module):
     """This rank's experts: [E_local, out, in] weights, dense or packed MXFP4."""
+
+    adapter: ExpertsAdapter | None = None
 
     def __init__(self, config: ModelConfig, parallel: ParallelContext, fmt: ExpertsFormat) -> None:
         super().__init__()
@@ -185,6 +211,7 @@ class Experts(nn.Module):
             swiglu_alpha=self.swiglu_alpha,
             swiglu_limit=self.swiglu_limit,
             expert_start=self.expert_start,
+            lora=None if self.adapter is None else self.adapter(),
         )
 
 

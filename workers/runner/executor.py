@@ -149,9 +149,18 @@ class LocalExecutor:
             dtype=self.dtype,
             tp_size=parallel.tp_size,
         )
-        self.runner = ModelRunner(
-            self.model, self._spec, self.device, decode_padding(config, self.device, model.config)
-        )
+        lora = None
+        if config.enable_lora:
+            from oss_serve.workers.lora.runtime import LoRARuntime
+
+            lora = LoRARuntime(
+                self.model,
+                max_loras=config.max_loras,
+                max_lora_rank=config.max_lora_rank,
+                max_cpu_loras=config.cpu_loras,
+            )
+        padding = decode_padding(config, self.device, model.config)
+        self.runner = ModelRunner(self.model, self._spec, self.device, padding, lora)
         self._steps: ThreadPoolExecutor | None = None  # the runner's thread (async scheduling)
 
     def kv_cache_spec(self) -> KVCacheSpec:

@@ -25,6 +25,7 @@ class CachedRequestState:
     block_ids: list[list[int]]  # per KV group
     num_computed_tokens: int
     processors: list[RequestLogitsProcessor] = field(default_factory=list)
+    lora_slot: int = -1  # device slot of its LoRA adapter; -1 = the base model
 
     @classmethod
     def from_new(cls, data: NewRequestData) -> CachedRequestState:
@@ -38,6 +39,7 @@ class CachedRequestState:
             block_ids=[list(ids) for ids in data.block_ids],
             num_computed_tokens=data.num_computed_tokens,
             processors=as_processors(data.sampling_params.logits_processors),
+            lora_slot=data.lora_slot,
         )
 
 

@@ -37,6 +37,8 @@ class ModelInputs:
     sample_rows: list[int] = field(default_factory=list)  # flat row per sampling request
     sample_request_ids: list[str] = field(default_factory=list)
     prompt_logprob_spans: list[PromptLogprobSpan] = field(default_factory=list)
+    token_lora_slots: torch.Tensor | None = None  # [N] adapter slot per token; None: none used
+    lora_slots_used: set[int] = field(default_factory=set)
 
 
 def prepare_inputs(
@@ -74,6 +76,11 @@ def prepare_inputs(
         request_ids=request_ids,
     )
     _mark_logit_rows(inputs, states, starts, counts, query_start)
+    slots = [states[r].lora_slot for r in request_ids]
+    inputs.lora_slots_used = {s for s in slots if s >= 0}
+    if inputs.lora_slots_used:
+        per_token = np.repeat(np.asarray(slots, dtype=np.int32), counts)
+        inputs.token_lora_slots = torch.from_numpy(per_token).to(device)
     return inputs
 
 

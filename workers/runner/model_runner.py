@@ -21,6 +21,7 @@ from oss_serve.workers.engine.scheduler_output import (
     SchedulerOutput,
     TokenLogprobs,
 )
+from oss_serve.workers.lora.runtime import LoRARuntime
 from oss_serve.workers.runner.cuda_graphs import (
     DecodeGraphs,
     is_decode_batch,
@@ -63,8 +64,10 @@ class ModelRunner:
         spec: KVCacheSpec,
         device: torch.device | str,
         padding: DecodePadding | None = None,
+        lora: LoRARuntime | None = None,
     ) -> None:
         self.model = model
+        self.lora = lora  # adapter slots and their host cache, when serving LoRA adapters
         self.spec = spec
         self.device = torch.device(device)
         self.states = RequestStates()
@@ -104,6 +107,10 @@ class ModelRunner:
             return ModelRunnerOutput()
         started = time.perf_counter()
         inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
+        if self.lora is not None:
+            self.lora.begin_step(
+                scheduled.lora_loads, inputs.token_lora_slots, inputs.lora_slots_used
+            )
         prepared = time.perf_counter()
         hidden = self._forward(inputs)
         forwarded = time.perf_counter()
@@ -121,7 +128,11 @@ class ModelRunner:
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
         """Hidden states of the batch's rows: a graph replay for a decode batch that fits a
-        captured size, else the eager forward (of the padded batch when padding is on)."""
+        captured size, else the eager forward (of the padded batch when padding is on). A
+        step that uses LoRA adapters runs eagerly and unpadded: the captured graphs hold no
+        adapter deltas, and the adapters' per-token slots cover the real rows only."""
+        if inputs.lora_slots_used:
+            return self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
         if self.graphs is not None and self.graphs.can_run(inputs):
             return self.graphs.run(inputs)
         padding = self.padding

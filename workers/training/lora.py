@@ -1,9 +1,11 @@
-"""LoRA on gpt-oss's attention projections and experts, merged into the weights on save.
+"""LoRA on gpt-oss's attention projections and experts, saved merged, unmerged (PEFT), or both.
 
 Each adapted weight W becomes W + (alpha / rank) * B @ A through a torch parametrization, so
 the model's own forward runs unchanged; W stays frozen, only A and B train. Experts have one
-(A, B) pair per expert: W [E, out, in] + B [E, out, r] @ A [E, r, in]. `merge_lora` folds
-B @ A into W and removes the parametrizations: the state dict is the plain model again.
+(A, B) pair per expert: W [E, out, in] + B [E, out, r] @ A [E, r, in]. `lora_adapter` reads
+the trained pairs out as a LoRAAdapter (written in PEFT's format for serving many adapters
+on one base model); `merge_lora` folds B @ A into W and removes the parametrizations: the
+state dict is the plain model again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from oss_serve.workers.lora.peft_format import LoRAAdapter
 from oss_serve.workers.model.model import Attention, Experts, GptOss
 
 LORA_TARGETS = ("attention", "experts")
@@ -28,6 +31,7 @@ class LoRADelta(nn.Module):
     def __init__(self, weight: torch.Tensor, rank: int, alpha: float) -> None:
         super().__init__()
         *batch, out_features, in_features = weight.shape
+        self.rank, self.alpha = rank, alpha
         self.scale = alpha / rank
         dtype, device = weight.dtype, weight.device
         # A random, B zero: the adapted model starts equal to the base model
@@ -75,6 +79,27 @@ def apply_lora(
         parametrize.register_parametrization(module, name, delta)
         trainable += [delta.lora_a, delta.lora_b]
     return trainable
+
+
+def lora_adapter(model: GptOss) -> LoRAAdapter:
+    """The trained adapters of `model` (before merging) in the serving layout, detached."""
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    rank, alpha = 0, 0.0
+    for module_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        parametrizations = module.parametrizations
+        assert isinstance(parametrizations, nn.ModuleDict)
+        for param_name, chain in parametrizations.items():
+            assert isinstance(chain, nn.ModuleList)
+            delta = chain[0]
+            assert isinstance(delta, LoRADelta)
+            name = module_name if param_name == "weight" else f"{module_name}.{param_name}"
+            weights[name] = (delta.lora_a.detach().clone(), delta.lora_b.detach().clone())
+            rank, alpha = delta.rank, delta.alpha
+    if not weights:
+        raise ValueError("the model has no LoRA adapters (apply_lora first)")
+    return LoRAAdapter(rank=rank, alpha=alpha, weights=weights)
 
 
 def merge_lora(model: GptOss) -> None:

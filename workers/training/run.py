@@ -1,6 +1,7 @@
 """`finetune(config)`: conversations in, an HF checkpoint that every part of oss-serve loads out.
 
-Full fine-tune or LoRA (merged on save) of a checkpoint, or training from scratch from a preset
+Full fine-tune or LoRA of a checkpoint (saved merged into the weights, as a PEFT adapter
+folder to serve beside others on the base model, or both: `lora_save`), or training from scratch from a preset
 or a ModelConfig (random init, optionally on the corpus's vocabulary: see corpus_vocab).
 """
 
@@ -20,6 +21,7 @@ import torch
 
 from oss_serve.common.logging import get_logger
 from oss_serve.harmony.training import TrainingSequence
+from oss_serve.workers.lora.peft_format import write_adapter
 from oss_serve.workers.model.checkpoint import save_checkpoint
 from oss_serve.workers.model.config import PRESETS, ModelConfig
 from oss_serve.workers.model.model import GptOss
@@ -36,14 +38,16 @@ from oss_serve.workers.training.data import (
     render_conversations,
     split_held_out,
 )
-from oss_serve.workers.training.lora import LORA_TARGETS, apply_lora, merge_lora
+from oss_serve.workers.training.lora import LORA_TARGETS, apply_lora, lora_adapter, merge_lora
 from oss_serve.workers.training.progress import training_progress
 from oss_serve.workers.training.trainer import OptimConfig, TrainLog, evaluate, train
 
 log = get_logger(__name__)
 
 RESULT_FILE = "finetune.json"
+ADAPTER_DIR = "adapter"  # lora_save="both": the PEFT adapter beside the merged checkpoint
 SaveFormat = Literal["hf-dense", "hf-mxfp4"]
+LoRASave = Literal["merged", "adapter", "both"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class FinetuneConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = LORA_TARGETS
+    # merged: a full checkpoint in out_dir; adapter: only the PEFT adapter in out_dir;
+    # both: the checkpoint in out_dir and the adapter in out_dir/adapter
+    lora_save: LoRASave = "both"
     gradient_checkpointing: bool = False
     corpus_vocab: bool = False  # from scratch only: train on the corpus's tokens (exact loss)
     unknown_token_rate: float = 0.0  # corpus_vocab: share of prompt tokens shown as unseen ones
@@ -264,6 +271,17 @@ def _trainable(model: GptOss, config: FinetuneConfig) -> list[torch.nn.Parameter
 def _save(
     model: GptOss, full_config: ModelConfig, vocab: CorpusVocab | None, config: FinetuneConfig
 ) -> None:
+    out_dir = Path(config.out_dir)
+    if config.lora and config.lora_save != "merged":
+        base_name = config.model if isinstance(config.model, str | Path) else None
+        adapter_dir = out_dir if config.lora_save == "adapter" else out_dir / ADAPTER_DIR
+        write_adapter(
+            adapter_dir,
+            lora_adapter(model),
+            base_model_name_or_path=None if base_name is None else str(base_name),
+        )
+        if config.lora_save == "adapter":
+            return
     if config.lora:
         merge_lora(model)
     state = {name: t.detach().to("cpu") for name, t in model.state_dict().items()}

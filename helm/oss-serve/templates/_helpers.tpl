@@ -150,11 +150,33 @@ $(VAR) expansion, so that no secret value is ever rendered.
   value: cuda
 - name: OSS_SERVE_CACHE_DIR
   value: /tmp/oss-serve-cache
+{{- with $root.Values.model.lora }}
+{{- if .enabled }}
+- name: OSS_SERVE_ENABLE_LORA
+  value: "true"
+- name: OSS_SERVE_LORA_MODULES
+  value: {{ include "oss-serve.loraModules" . | quote }}
+- name: OSS_SERVE_MAX_LORAS
+  value: {{ .maxLoras | quote }}
+- name: OSS_SERVE_MAX_LORA_RANK
+  value: {{ .maxLoraRank | quote }}
+- name: OSS_SERVE_MAX_CPU_LORAS
+  value: {{ .maxCpuLoras | quote }}
+{{- end }}
+{{- end }}
 {{ include "oss-serve.redisEnv" $root }}
 {{- end -}}
 
 {{/* The Ray custom resource the nodes of pool `name` advertise (cluster/ray/placement.py). */}}
 {{- define "oss-serve.poolResource" -}}oss-serve-pool-{{ . }}{{- end -}}
+{{/* --lora-modules as the JSON list of "name=path" that OSS_SERVE_LORA_MODULES holds. */}}
+{{- define "oss-serve.loraModules" -}}
+{{- $modules := list -}}
+{{- range $name, $path := .modules -}}
+{{- $modules = append $modules (printf "%s=%s" $name $path) -}}
+{{- end -}}
+{{- $modules | toJson -}}
+{{- end -}}
 
 {{/* GPUs one replica of a pool needs: tensor parallel x expert parallel. */}}
 {{- define "oss-serve.poolGpus" -}}

@@ -33,7 +33,14 @@ FAST_HEARTBEATS = {"OSS_SERVE_HEARTBEAT_INTERVAL_S": "0.2", "OSS_SERVE_HEARTBEAT
 class ReplicaProcess:
     """`oss-serve replica` in a subprocess, stopped by its own pid."""
 
-    def __init__(self, redis_url: str, namespace: str, replica_id: str, folder: Path) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        namespace: str,
+        replica_id: str,
+        folder: Path,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         env = dict(os.environ)
         env.update(FAST_HEARTBEATS)
         env.update({"OMP_NUM_THREADS": "1", "OSS_SERVE_LOG_FORMAT": "json"})
@@ -43,7 +50,7 @@ class ReplicaProcess:
         args = [
             sys.executable, "-m", "oss_serve.cli", "replica", "--model", TINY_MODEL,
             "--redis-url", redis_url, "--replica-id", replica_id, "--max-model-len", "1024",
-            "--kv-cache-memory", "16000000",
+            "--kv-cache-memory", "16000000", *extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
@@ -143,10 +150,12 @@ def router_settings(redis_url: str, namespace: str, **overrides: Any) -> Setting
 class Stack:
     """Redis + one replica + one in-process router (more routers on demand)."""
 
-    def __init__(self, folder: Path, namespace: str) -> None:
+    def __init__(self, folder: Path, namespace: str, replica_args: tuple[str, ...] = ()) -> None:
         self.namespace = namespace
         self.redis = RedisServer(folder / "redis", appendonly=False).start()
-        self.replica = ReplicaProcess(self.redis.url, namespace, "replica-http", folder)
+        self.replica = ReplicaProcess(
+            self.redis.url, namespace, "replica-http", folder, replica_args
+        )
         self.loop = RouterLoop()
         self.routers: list[InProcessRouter] = []
 

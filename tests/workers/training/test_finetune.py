@@ -15,7 +15,7 @@ from oss_serve.workers.model.checkpoint import save_checkpoint
 from oss_serve.workers.model.weights import load_model
 from oss_serve.workers.training import FinetuneConfig, finetune
 from oss_serve.workers.training.demo_corpus import generate_corpus, write_jsonl
-from oss_serve.workers.training.run import RESULT_FILE
+from oss_serve.workers.training.run import ADAPTER_DIR, RESULT_FILE
 from tests.workers.gpt_oss_helpers import full_sequence_logprobs
 from tests.workers.training.finetune_helpers import one_torch_thread  # noqa: F401 (autouse)
 
@@ -104,6 +104,27 @@ def test_lora_trains_only_attention_and_experts_and_saves_merged_weights(
             assert torch.equal(tensor, tuned[name]), name
     total = sum(t.numel() for t in base.values())
     assert 0 < result.trainable_params < total // 100
+    _served_adapter_matches_merged(base_checkpoint, tmp_path / "lora", conversations_file)
+
+
+def _served_adapter_matches_merged(base: Path, out: Path, conversations_file: Path) -> None:
+    """The unmerged PEFT adapter (out/adapter) served on the base model gives the merged
+    checkpoint's log-probabilities."""
+    from oss_serve import LLM, LoRARequest, SamplingParams
+
+    engine = {"dtype": "float32", "device": "cpu", "skip_tokenizer_init": True}
+    engine |= {"max_model_len": 1024, "kv_cache_memory": 32_000_000}
+    prompt = {"prompt_token_ids": _held_out_probe(conversations_file)[0][:200].tolist()}
+    params = SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0)
+    lora = LoRARequest("tuned", 1, str(out / ADAPTER_DIR))
+    served = LLM(str(base), enable_lora=True, max_lora_rank=4, **engine).generate(
+        [prompt], params, lora_request=lora
+    )[0]
+    merged = LLM(str(out), **engine).generate([prompt], params)[0]
+    pairs = zip(served.prompt_logprobs[1:], merged.prompt_logprobs[1:], strict=True)
+    tokens = served.prompt_token_ids[1:]
+    diff = max(abs(a[t].logprob - b[t].logprob) for (a, b), t in zip(pairs, tokens, strict=True))
+    assert diff <= 1e-4
 
 
 def test_training_from_a_preset_on_the_corpus_vocabulary_writes_a_full_vocabulary_model(
