@@ -20,13 +20,19 @@ from oss_serve.common.settings import Settings
 from oss_serve.common.tasks import stop_tasks
 from oss_serve.protos import inference_pb2, inference_pb2_grpc, replica_link_pb2_grpc
 from oss_serve.router.admission import Admission
+from oss_serve.router.auth.keys import ApiKeyStore, Authenticator
+from oss_serve.router.auth.limits import RateLimiter
+from oss_serve.router.auth.usage import UsageRecorder
 from oss_serve.router.cluster_view import ClusterView
 from oss_serve.router.enqueue import RequestQueue
+from oss_serve.router.gate import Gate
 from oss_serve.router.grpc_api import InferenceService
 from oss_serve.router.link import LinkHub
+from oss_serve.router.metrics import RouterMetrics
 from oss_serve.router.pipeline import PipelineConfig, RequestPipeline
 from oss_serve.router.policies import make_policy
 from oss_serve.router.prefix_index import PrefixIndex
+from oss_serve.router.request_limits import RequestLimits
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventFollower
 from oss_serve.streams.redis_client import connect
@@ -45,9 +51,10 @@ class RouterServer:
             router_id or f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         self.redis = connect(settings.redis_url.get_secret_value())
-        keys = RedisKeys(settings.redis_namespace)
+        keys = self._keys = RedisKeys(settings.redis_namespace)
         self.index = PrefixIndex(settings.prefix_index_max_blocks)
         self.view = ClusterView(self.redis, keys, self.index)
+        self.metrics = RouterMetrics(lambda: self.view.replicas)
         self.events = KvEventFollower(self.redis, keys, self.index)
         self.hub = LinkHub()
         self.health = health.aio.HealthServicer()
@@ -68,7 +75,7 @@ class RouterServer:
         settings = self.settings
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", settings.max_request_body_bytes),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.http2.max_pings_without_data", 0),
@@ -96,11 +103,12 @@ class RouterServer:
             queue=self._queue,
             policy=policy,
             admission=Admission(settings.max_queue_wait_s, settings.max_queued_per_replica),
+            gate=self._gate(),
+            limits=RequestLimits.from_settings(settings),
             config=PipelineConfig(
                 router_id=self.router_id,
                 reply_to=self.address,
                 session_ttl_s=settings.session_ttl_s,
-                request_timeout_s=settings.request_timeout_s,
             ),
         )
         inference_pb2_grpc.add_InferenceServicer_to_server(
@@ -119,6 +127,23 @@ class RouterServer:
             router_id=self.router_id,
             address=self.address,
             policy=settings.routing_policy,
+        )
+
+    def _gate(self) -> Gate:
+        """Keys (`--api-key` and those in Redis), their limits, usage: one gate for gRPC and HTTP."""
+        settings = self.settings
+        authenticator = Authenticator(
+            ApiKeyStore(self.redis, self._keys),
+            local_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            required=settings.require_api_key,
+            local_requests_per_min=settings.api_key_requests_per_min,
+            local_tokens_per_min=settings.api_key_tokens_per_min,
+        )
+        return Gate(
+            authenticator,
+            RateLimiter(self.redis, self._keys),
+            UsageRecorder(self.redis, self._keys),
+            self.metrics,
         )
 
     async def _report_health(self) -> None:

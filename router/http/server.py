@@ -13,12 +13,8 @@ import uvicorn
 
 from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
-from oss_serve.router.auth.keys import ApiKeyStore, Authenticator
-from oss_serve.router.auth.limits import RateLimiter
-from oss_serve.router.auth.usage import UsageRecorder
 from oss_serve.router.http.app import create_app
-from oss_serve.router.http.context import ApiContext, ApiLimits
-from oss_serve.router.metrics import RouterMetrics
+from oss_serve.router.http.context import ApiContext
 from oss_serve.streams.keys import RedisKeys
 
 if TYPE_CHECKING:
@@ -30,34 +26,15 @@ log = get_logger(__name__)
 
 
 def api_context(router: RouterServer, settings: Settings) -> ApiContext:
-    """Auth, limits, usage and metrics around the router's pipeline."""
+    """The routes' view of the router: its pipeline (and gate), Redis, metrics."""
     if router.pipeline is None:
         raise RuntimeError("start the router before its HTTP API")
-    keys = RedisKeys(settings.redis_namespace)
-    local_key = settings.api_key.get_secret_value() if settings.api_key else None
-    authenticator = Authenticator(
-        ApiKeyStore(router.redis, keys),
-        local_key=local_key,
-        required=settings.require_api_key,
-        local_requests_per_min=settings.api_key_requests_per_min,
-        local_tokens_per_min=settings.api_key_tokens_per_min,
-    )
-    view = router.view
     return ApiContext(
         pipeline=router.pipeline,
         redis=router.redis,
-        keys=keys,
-        authenticator=authenticator,
-        limiter=RateLimiter(router.redis, keys),
-        usage=UsageRecorder(router.redis, keys),
-        metrics=RouterMetrics(lambda: view.replicas),
-        limits=ApiLimits(
-            max_body_bytes=settings.max_request_body_bytes,
-            max_messages=settings.max_request_messages,
-            max_tools=settings.max_request_tools,
-            max_n=settings.max_request_n,
-            response_ttl_s=settings.response_store_ttl_s,
-        ),
+        keys=RedisKeys(settings.redis_namespace),
+        metrics=router.metrics,
+        response_ttl_s=settings.response_store_ttl_s,
     )
 
 

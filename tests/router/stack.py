@@ -139,14 +139,22 @@ def wait_for_replicas(
     raise TimeoutError(f"replicas {wanted} did not register")
 
 
-def wait_for_router(address: str, replicas: int = 1, timeout_s: float = 30) -> None:
+def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata presenting an API key (none when `api_key` is None)."""
+    return () if api_key is None else (("authorization", f"Bearer {api_key}"),)
+
+
+def wait_for_router(
+    address: str, replicas: int = 1, timeout_s: float = 30, *, api_key: str | None = None
+) -> None:
     """Until the router answers ListModels and sees `replicas` replicas' model."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
+        request = inference_pb2.ListModelsRequest()
         while time.monotonic() < deadline:
             try:
-                if stub.ListModels(inference_pb2.ListModelsRequest(), timeout=1).models:
+                if stub.ListModels(request, timeout=1, metadata=key_metadata(api_key)).models:
                     return
             except grpc.RpcError:
                 pass
@@ -163,6 +171,7 @@ def generate(
     timeout_s: float = 60,
     on_chunk: object = None,
     sampling: inference_pb2.SamplingParams | None = None,
+    api_key: str | None = None,
 ) -> tuple[list[int], str, list[inference_pb2.GenerateResponse]]:
     """Generate (greedy unless `sampling` is given); returns (token ids, finish reason,
     the raw chunks)."""
@@ -173,7 +182,8 @@ def generate(
     )
     chunks = []
     with grpc.insecure_channel(address) as channel:
-        for chunk in inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=timeout_s):
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        for chunk in stub.Generate(request, timeout=timeout_s, metadata=key_metadata(api_key)):
             chunks.append(chunk)
             if callable(on_chunk):
                 on_chunk(chunk)
