@@ -20,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from oss_serve.cluster.replica.queue import ReplicaQueue
+from oss_serve.cluster.replica.router_link import LinkSecurity, RouterLinks
 from oss_serve.cluster.replica.service import ReplicaConfig, ReplicaService
 from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
@@ -128,6 +129,7 @@ async def start_replica_host(
     if not settings.model:
         raise ValueError("the replica needs --model (a checkpoint folder or a preset name)")
     replica_id = settings.replica_id or default_replica_id()
+    link_security = LinkSecurity.from_settings(settings)  # bad TLS files: fail before loading
     redis = connect(settings.redis_url.get_secret_value())
     keys = RedisKeys(settings.redis_namespace)
     publisher = KvEventPublisher(
@@ -153,7 +155,12 @@ async def start_replica_host(
     )
     queue = ReplicaQueue(redis, keys, replica_id, heartbeat_ttl_s=settings.heartbeat_ttl_s)
     service = ReplicaService(
-        engine, queue, config, make_sampling_params=sampling_params_factory(), kv_events=publisher
+        engine,
+        queue,
+        config,
+        make_sampling_params=sampling_params_factory(),
+        kv_events=publisher,
+        links=RouterLinks(replica_id, link_security),
     )
     await service.start()
     return ReplicaHost(replica_id, engine, service, redis)

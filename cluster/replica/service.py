@@ -83,11 +83,12 @@ class ReplicaService:
         *,
         make_sampling_params: Callable[[dict[str, Any]], Any],
         kv_events: KvEventPublisher | None = None,
+        links: RouterLinks | None = None,
     ) -> None:
         self.engine = engine
         self.queue = queue
         self.config = config
-        self.links = RouterLinks(config.replica_id)
+        self.links = links or RouterLinks(config.replica_id)
         self.kv_events = kv_events
         self._make_sampling_params = make_sampling_params
         self._inflight: dict[str, Delivery] = {}

@@ -19,6 +19,13 @@ def router(
     grpc_port: Annotated[
         int | None, typer.Option("--grpc-port", help="gRPC port (0 = any free port).")
     ] = None,
+    link_port: Annotated[
+        int | None,
+        typer.Option(
+            "--link-port",
+            help="Replica link port, apart from the public gRPC API (default: --grpc-port + 1).",
+        ),
+    ] = None,
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="OpenAI HTTP API port (0 = any free port).")
     ] = None,
@@ -55,6 +62,7 @@ def router(
         redis_url=redis_url,
         host=host,
         grpc_port=grpc_port,
+        link_port=link_port,
         http_port=http_port,
         api_key=api_key,
         advertise_host=advertise_host,

@@ -27,6 +27,9 @@ def up(
     expert_parallel_size: int | None = typer.Option(None, "--expert-parallel-size", "-ep", min=1),
     http_port: int | None = typer.Option(None, "--http-port"),
     grpc_port: int | None = typer.Option(None, "--grpc-port"),
+    link_port: int | None = typer.Option(
+        None, "--link-port", help="Replica link port (default: --grpc-port + 1)."
+    ),
     redis_url: str | None = typer.Option(
         None, "--redis-url", help="Use this Redis instead of starting one."
     ),
@@ -44,6 +47,7 @@ def up(
         expert_parallel_size=expert_parallel_size,
         http_port=http_port,
         grpc_port=grpc_port,
+        link_port=link_port,
         redis_url=redis_url,
         api_key=api_key,
     )

@@ -49,13 +49,14 @@ PROMPTS = [  # user turns the demo model answers, and two raw token runs
 ]
 MAX_TOKENS = 24
 API_KEY = "sk-two-routers-test-key"
+CLUSTER_TOKEN = "oss-cluster-two-routers-test-token"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("two-routers")
     namespace = f"two-routers-{uuid.uuid4().hex[:6]}"
-    env = {"OSS_SERVE_REDIS_NAMESPACE": namespace}
+    env = {"OSS_SERVE_REDIS_NAMESPACE": namespace, "OSS_SERVE_CLUSTER_TOKEN": CLUSTER_TOKEN}
     server = RedisServer(folder / "redis").start()
     up = UpProcess(
         folder / "up", "--replicas", "2", "--redis-url", server.url, "--api-key", API_KEY, env=env
@@ -64,7 +65,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     try:
         up.start().wait_ready(READY_TIMEOUT_S)
         second, address = start_router(
-            server.url, namespace, folder, "router-b", extra_args=["--api-key", API_KEY]
+            server.url, namespace, folder, "router-b", extra_args=["--api-key", API_KEY], env=env
         )
         wait_for_router(address, api_key=API_KEY)
         yield {

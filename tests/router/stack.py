@@ -20,11 +20,13 @@ from tests.router.servers import free_port
 
 OSS_SERVE = [sys.executable, "-m", "oss_serve.cli"]
 TINY_MODEL = "gpt-oss-tiny"
+CLUSTER_TOKEN = "oss-cluster-test-token-of-the-router-tests"
 FAST_HEARTBEATS = {
     "OSS_SERVE_HEARTBEAT_INTERVAL_S": "0.2",
     "OSS_SERVE_HEARTBEAT_TTL_S": "1.0",
     "OSS_SERVE_KV_SNAPSHOT_INTERVAL_S": "0.2",
     "OSS_SERVE_LOG_FORMAT": "json",
+    "OSS_SERVE_CLUSTER_TOKEN": CLUSTER_TOKEN,
 }
 
 
@@ -104,6 +106,8 @@ def start_router(
         redis_url,
         "--grpc-port",
         str(port),
+        "--link-port",
+        "0",
         "--http-port",
         "0",
         *extra_args,
