@@ -39,7 +39,7 @@ from oss_serve.router.prefix_index import PrefixIndex
 from oss_serve.router.request_limits import RequestLimits
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventFollower
-from oss_serve.streams.redis_client import connect
+from oss_serve.streams.redis_client import connect_from
 
 log = get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -48,13 +48,11 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 class RouterServer:
     def __init__(self, settings: Settings, *, router_id: str | None = None) -> None:
-        if settings.redis_url is None:
-            raise ValueError("the router needs --redis-url (or OSS_SERVE_REDIS_URL)")
         self.settings = settings
         self.router_id = (
             router_id or f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.redis = connect(settings.redis_url.get_secret_value())
+        self.redis = connect_from(settings)
         keys = self._keys = RedisKeys(settings.redis_namespace)
         self.index = PrefixIndex(settings.prefix_index_max_blocks)
         self.view = ClusterView(self.redis, keys, self.index)

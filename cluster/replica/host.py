@@ -26,7 +26,7 @@ from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventPublisher
-from oss_serve.streams.redis_client import connect
+from oss_serve.streams.redis_client import connect_from
 
 log = get_logger(__name__)
 
@@ -130,7 +130,7 @@ async def start_replica_host(
         raise ValueError("the replica needs --model (a checkpoint folder or a preset name)")
     replica_id = settings.replica_id or default_replica_id()
     link_security = LinkSecurity.from_settings(settings)  # bad TLS files: fail before loading
-    redis = connect(settings.redis_url.get_secret_value())
+    redis = connect_from(settings)
     keys = RedisKeys(settings.redis_namespace)
     publisher = KvEventPublisher(
         redis,
