@@ -66,9 +66,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def answers_ping(
-    host: str, port: int, timeout_s: float = 0.2, password: str | None = None
-) -> bool:
+def answers_ping(host: str, port: int, timeout_s: float = 0.2, password: str | None = None) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
             if password is not None:

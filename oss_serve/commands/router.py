@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,6 +54,19 @@ def router(
         int | None,
         typer.Option("--max-queued-per-replica", help="Refuse (429) beyond this backlog."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="PEM certificate chain: TLS on every port of the router."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca", help="PEM CA: replicas must present certificates it signed (mTLS)."
+        ),
+    ] = None,
 ) -> None:
     """Run the router: the gRPC API in front of the Redis queues, routing by prefix cache and load."""
     from oss_serve.router.server import run_router
@@ -70,6 +84,9 @@ def router(
         redis_namespace=namespace,
         max_queue_wait_s=max_queue_wait_s,
         max_queued_per_replica=max_queued_per_replica,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
     )
     try:
         asyncio.run(run_router(settings))

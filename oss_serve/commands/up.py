@@ -34,6 +34,13 @@ def up(
         None, "--redis-url", help="Use this Redis instead of starting one."
     ),
     api_key: str | None = typer.Option(None, "--api-key", help="API key clients must send."),
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", help="PEM certificate: TLS on the router's ports (and the link)."
+    ),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
+    tls_ca: Path | None = typer.Option(
+        None, "--tls-ca", help="PEM CA: the link is mTLS, replicas present --tls-cert."
+    ),
     config: ConfigOption = None,
 ) -> None:
     """Start Redis, a local Ray runtime, the replicas and a router; Ctrl-C stops them all."""
@@ -50,6 +57,9 @@ def up(
         link_port=link_port,
         redis_url=redis_url,
         api_key=api_key,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
     )
     if "log_level" not in settings.model_fields_set:
         # the terminal shows progress lines and the banner; logs only when something is wrong

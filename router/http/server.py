@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from oss_serve.common.logging import get_logger
+from oss_serve.common.security import TlsFiles
 from oss_serve.common.settings import Settings
 from oss_serve.router.http.app import create_app
 from oss_serve.router.http.context import ApiContext
@@ -45,9 +46,10 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> None:
         self.app = app
         self.host = host
+        self.tls = tls if tls is not None and tls.serves_tls else None
         self._socket = _bind(host, port)
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
@@ -57,13 +59,16 @@ class HttpServer:
             log_level="warning",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=5,
+            ssl_certfile=self.tls.cert_path if self.tls else None,
+            ssl_keyfile=self.tls.key_path if self.tls else None,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
@@ -101,7 +106,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def start_http_api(router: RouterServer, settings: Settings) -> HttpServer:
     server = HttpServer(
-        create_app(api_context(router, settings)), settings.host, settings.http_port
+        create_app(api_context(router, settings)),
+        settings.host,
+        settings.http_port,
+        TlsFiles.from_settings(settings),
     )
     await server.start()
     return server

@@ -148,13 +148,25 @@ def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return () if api_key is None else (("authorization", f"Bearer {api_key}"),)
 
 
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel with the official client, over TLS when `credentials` are given."""
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)
+
+
 def wait_for_router(
-    address: str, replicas: int = 1, timeout_s: float = 30, *, api_key: str | None = None
+    address: str,
+    replicas: int = 1,
+    timeout_s: float = 30,
+    *,
+    api_key: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
     """Until the router answers ListModels and sees `replicas` replicas' model."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = inference_pb2_grpc.InferenceStub(channel)
+    with channel(address, credentials) as open_channel:
+        stub = inference_pb2_grpc.InferenceStub(open_channel)
         request = inference_pb2.ListModelsRequest()
         while time.monotonic() < deadline:
             try:
@@ -176,6 +188,7 @@ def generate(
     on_chunk: object = None,
     sampling: inference_pb2.SamplingParams | None = None,
     api_key: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> tuple[list[int], str, list[inference_pb2.GenerateResponse]]:
     """Generate (greedy unless `sampling` is given); returns (token ids, finish reason,
     the raw chunks)."""
@@ -185,8 +198,8 @@ def generate(
         options=inference_pb2.RequestOptions(session_key=session_key),
     )
     chunks = []
-    with grpc.insecure_channel(address) as channel:
-        stub = inference_pb2_grpc.InferenceStub(channel)
+    with channel(address, credentials) as open_channel:
+        stub = inference_pb2_grpc.InferenceStub(open_channel)
         for chunk in stub.Generate(request, timeout=timeout_s, metadata=key_metadata(api_key)):
             chunks.append(chunk)
             if callable(on_chunk):
