@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     grpc_port: int = 50051
     api_key: SecretStr | None = None
 
+    # --- security: the replica link, TLS, Redis credentials ------------------------------
+    # the router's replica link listens apart from the public gRPC API; None = grpc_port + 1
+    # (any free port when grpc_port is 0)
+    link_port: int | None = None
+    cluster_token: SecretStr | None = None  # replicas present it on the link; routers check it
+    tls_cert: Path | None = None  # PEM certificate chain: TLS on the router's ports ...
+    tls_key: Path | None = None  # ... with this private key; a replica's client certificate
+    tls_ca: Path | None = None  # PEM CA: routers require link peers' certificates signed by it
+    # (mTLS); replicas verify the router's certificate with it
+    tls_server_name: str | None = None  # the name a replica expects in the router's certificate
+    redis_password: SecretStr | None = None  # instead of a password inside redis_url
+
     # --- routing, queues, replicas ----------------------------------------------------
     routing_policy: Literal["round_robin", "least_load", "prefix_aware"] = "prefix_aware"
     advertise_host: str | None = None  # how replicas reach this router's gRPC port (default host)
@@ -134,6 +146,13 @@ class Settings(BaseSettings):
     def lora_module_paths(self) -> dict[str, str]:
         """--lora-modules as {name: PEFT folder}."""
         return parse_lora_modules(self.lora_modules)
+
+    @property
+    def effective_link_port(self) -> int:
+        """link_port, or grpc_port + 1 when unset (any free port when grpc_port is 0)."""
+        if self.link_port is not None:
+            return self.link_port
+        return self.grpc_port + 1 if self.grpc_port else 0
 
     @classmethod
     def settings_customise_sources(

@@ -1,13 +1,16 @@
-"""Chat Completions over the request pipeline: render the body with harmony, generate,
-parse the output tokens back into reasoning / content / tool-call deltas.
+"""Chat over the request pipeline: plan (validate the counts, render the body with
+harmony), pass the gate, generate, and parse the output tokens back into reasoning /
+content / tool-call deltas.
 
 Front ends hand a Chat Completions body (a plain dict in OpenAI's shape) and the sampling
-parameters; the gRPC API converts its message first, the HTTP API passes the JSON.
+parameters; the gRPC API converts its message first, the HTTP API passes the JSON. The
+Responses API plans its own prompt (another rendering) and shares the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,8 +27,12 @@ from oss_serve.harmony import (
 )
 from oss_serve.protos import inference_pb2
 from oss_serve.router.errors import InvalidRequest
+from oss_serve.router.gate import Caller
 from oss_serve.router.pipeline import GenerationRequest, RequestPipeline, TokenChunk
+from oss_serve.router.request_limits import MAX_SESSION_KEY_CHARS, RequestLimits, check_length
 from oss_serve.router.structured_output import chat_structured_output
+
+INT64_SPAN = 2**64
 
 
 @dataclass
@@ -57,51 +64,64 @@ class ChatOptions:
     lane: str = "interactive"
     priority: int = 0
     timeout_s: float | None = None
-    date: str | None = None  # the system message's date (YYYY-MM-DD), default today
 
 
-def render_chat(body: Mapping[str, Any], date: str | None = None) -> list[int]:
-    """Harmony tokens of a Chat Completions body; InvalidRequest names a bad field."""
-    try:
-        return render_chat_request(body, date=date)
-    except HarmonyRequestError as err:
-        raise InvalidRequest(str(err), field=err.field) from err
+@dataclass(frozen=True)
+class HarmonyPlan:
+    """A validated, rendered harmony request: what the pipeline generates from."""
+
+    prompt: list[int]
+    sampling: inference_pb2.SamplingParams  # the harmony stop tokens and grammar included
+    function_names: list[str]
+    session_key: str = ""  # the body's `user`, the default sticky-routing key
 
 
-async def stream_chat(
-    pipeline: RequestPipeline,
+def plan_chat(
     body: Mapping[str, Any],
     sampling: inference_pb2.SamplingParams,
-    options: ChatOptions,
-) -> AsyncIterator[ChatChunk]:
-    """Stream one chat completion as parsed deltas; the last chunk has finish_reason + usage."""
-    prompt = render_chat(body, options.date)
+    limits: RequestLimits,
+    *,
+    n: int = 1,
+    date: str | None = None,
+) -> HarmonyPlan:
+    """Validate and render a Chat Completions body (InvalidRequest names a bad field)."""
+    messages, tools = body.get("messages"), body.get("tools")
+    limits.check_counts(
+        n=n,
+        messages=len(messages) if isinstance(messages, list) else 0,
+        tools=len(tools) if isinstance(tools, list) else 0,
+    )
+    try:
+        prompt = render_chat_request(body, date=date)
+    except HarmonyRequestError as err:
+        raise InvalidRequest(str(err), field=err.field) from err
     user = body.get("user")
-    async for out in stream_harmony(
-        pipeline,
+    if isinstance(user, str):
+        check_length(user, "user", MAX_SESSION_KEY_CHARS)
+    return harmony_plan(
         prompt,
         sampling,
-        options,
-        function_names=_function_names(body),
+        chat_structured_output(body),
+        _function_names(body),
         session_key=user if isinstance(user, str) else "",
-        structured_output=chat_structured_output(body),
-    ):
-        yield out
+    )
 
 
-async def stream_harmony(
-    pipeline: RequestPipeline,
+def harmony_plan(
     prompt: list[int],
     sampling: inference_pb2.SamplingParams,
-    options: ChatOptions,
+    structured_output: inference_pb2.StructuredOutput | None,
+    function_names: list[str],
     *,
-    function_names: Sequence[str] = (),
     session_key: str = "",
-    structured_output: inference_pb2.StructuredOutput | None = None,
-    on_tokens: Callable[[TokenChunk], None] | None = None,
-) -> AsyncIterator[ChatChunk]:
-    """Generate from a rendered harmony prompt (Chat or Responses) and parse the output;
-    `on_tokens` sees every raw token chunk first (metrics, logprobs)."""
+) -> HarmonyPlan:
+    """The plan of a rendered prompt: harmony's stop tokens (the model's EOS) and the
+    grammar, if any, added to the sampling parameters."""
+    if structured_output is not None and sampling.min_tokens:
+        raise InvalidRequest(
+            "sampling.min_tokens cannot be combined with structured outputs",
+            field="sampling.min_tokens",
+        )
     with_stops = inference_pb2.SamplingParams()
     with_stops.CopyFrom(sampling)
     if not sampling.ignore_eos:  # harmony's <|return|> and <|call|> are the model's EOS
@@ -110,32 +130,82 @@ async def stream_harmony(
         )
     if structured_output is not None:
         with_stops.structured_output.CopyFrom(structured_output)
-    request = GenerationRequest(
-        prompt_token_ids=prompt,
-        sampling=with_stops,
-        model=options.model,
-        request_id=options.request_id,
-        session_key=options.session_key or session_key,
-        lane=options.lane,
-        priority=options.priority,
-        timeout_s=options.timeout_s,
-    )
+    return HarmonyPlan(prompt, with_stops, function_names, session_key)
+
+
+async def open_chat(
+    pipeline: RequestPipeline,
+    caller: Caller,
+    plan: HarmonyPlan,
+    options: ChatOptions,
+    *,
+    n: int = 1,
+    on_tokens: Sequence[Callable[[TokenChunk], None]] = (),
+) -> list[AsyncGenerator[ChatChunk, None]]:
+    """The n choices of a planned request as parsed streams, once the caller's limits let
+    them in; `on_tokens[i]` sees every raw token chunk of choice i first (logprobs)."""
+    requests = [
+        GenerationRequest(
+            prompt_token_ids=plan.prompt,
+            sampling=seeded(plan.sampling, index),
+            model=options.model,
+            request_id=options.request_id,
+            session_key=options.session_key or plan.session_key,
+            lane=options.lane,
+            priority=options.priority,
+            timeout_s=options.timeout_s,
+        )
+        for index in range(n)
+    ]
+    await pipeline.charge(caller, requests)
+    return [
+        _parsed(
+            pipeline,
+            caller,
+            request,
+            plan.function_names,
+            on_tokens[index] if on_tokens else None,
+        )
+        for index, request in enumerate(requests)
+    ]
+
+
+def seeded(sampling: inference_pb2.SamplingParams, index: int) -> inference_pb2.SamplingParams:
+    """Choice `index` of n: the same parameters with its own seed (seed + index)."""
+    if index == 0 or not sampling.HasField("seed"):
+        return sampling
+    copy = inference_pb2.SamplingParams()
+    copy.CopyFrom(sampling)
+    copy.seed = (sampling.seed + index + 2**63) % INT64_SPAN - 2**63
+    return copy
+
+
+async def _parsed(
+    pipeline: RequestPipeline,
+    caller: Caller,
+    request: GenerationRequest,
+    function_names: Sequence[str],
+    on_tokens: Callable[[TokenChunk], None] | None,
+) -> AsyncGenerator[ChatChunk, None]:
+    """Generate and parse; the last chunk has finish_reason + usage (reasoning included)."""
     parser = HarmonyStreamParser(function_names=function_names)
-    async for chunk in pipeline.generate(request):
-        if on_tokens is not None:
-            on_tokens(chunk)
-        events = parser.feed(chunk.token_ids)
-        if chunk.finish_reason:
-            events += parser.finish()
-        out = _chunk_of(chunk.request_id, events)
-        if chunk.finish_reason:
-            out.finish_reason = _finish_reason(chunk.finish_reason, parser)
-            if chunk.usage is not None:
-                out.usage = inference_pb2.Usage()
-                out.usage.CopyFrom(chunk.usage)
-                out.usage.reasoning_tokens = parser.reasoning_tokens
-        if not out.is_empty():
-            yield out
+    tracker = pipeline.gate.track(caller, request.model)
+    stream = pipeline.tracked(caller, request, on_tokens, tracker=tracker)
+    async with aclosing(stream) as chunks:
+        async for chunk in chunks:
+            events = parser.feed(chunk.token_ids)
+            if chunk.finish_reason:
+                events += parser.finish()
+            out = _chunk_of(chunk.request_id, events)
+            if chunk.finish_reason:
+                out.finish_reason = _finish_reason(chunk.finish_reason, parser)
+                if chunk.usage is not None:
+                    out.usage = inference_pb2.Usage()
+                    out.usage.CopyFrom(chunk.usage)
+                    out.usage.reasoning_tokens = parser.reasoning_tokens
+                tracker.finish(out.finish_reason, out.usage)
+            if not out.is_empty():
+                yield out
 
 
 def _chunk_of(request_id: str, events: list[HarmonyEvent]) -> ChatChunk:

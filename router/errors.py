@@ -16,6 +16,7 @@ class RequestError(Exception):
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     http_status: int = 500
     error_type: str = "server_error"  # OpenAI error body "type"
+    code: str | None = None  # OpenAI error body "code"
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -29,10 +30,20 @@ class InvalidRequest(RequestError, ValueError):
     error_type = "invalid_request_error"
 
 
+class Unauthenticated(RequestError):
+    """No API key, or one that is not known (revoked, mistyped)."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
 class ModelNotFound(RequestError):
     grpc_code = grpc.StatusCode.NOT_FOUND
     http_status = 404
     error_type = "not_found_error"
+    code = "model_not_found"
 
 
 class Overloaded(RequestError):
@@ -41,6 +52,7 @@ class Overloaded(RequestError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 429
     error_type = "rate_limit_error"
+    code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message)
@@ -52,12 +64,22 @@ class Overloaded(RequestError):
         return str(math.ceil(self.retry_after_s))
 
 
+class RateLimited(Overloaded):
+    """The caller's key is over its requests or tokens per minute (`limit` says which)."""
+
+    def __init__(self, message: str, *, retry_after_s: float, limit: str) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.limit = limit
+        self.code = f"rate_limit_{limit}"
+
+
 class Unavailable(RequestError):
     """No healthy replica serves the model, or Redis is unreachable."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
     http_status = 503
     error_type = "service_unavailable"
+    code = "unavailable"
 
 
 class DeadlineExceeded(RequestError):

@@ -1,9 +1,12 @@
 """The public gRPC service `oss_serve.v1.Inference`, a thin adapter over the request pipeline.
 
-Pipeline errors become gRPC statuses with their message; RESOURCE_EXHAUSTED carries the
-retry delay twice, as `retry-after` trailing metadata (seconds, like HTTP) and as a
-standard `google.rpc.RetryInfo` status detail. A client cancel or an expired deadline ends
-the handler, which stops the request on its replica.
+Every call presents an API key as metadata, `authorization: Bearer <key>` or `x-api-key`;
+the pipeline's gate decides (UNAUTHENTICATED when a key is required and this one is not
+known). Pipeline errors become gRPC statuses with their message; RESOURCE_EXHAUSTED
+(overload or a key's rate limit) carries the retry delay twice, as `retry-after` trailing
+metadata (seconds, like HTTP) and as a standard `google.rpc.RetryInfo` status detail. A
+client cancel or an expired deadline ends the handler, which stops the request on its
+replica.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
-from oss_serve.router.chat import ChatChunk, ChatOptions, stream_chat
+from oss_serve.router.chat import ChatChunk, ChatOptions, open_chat, plan_chat
 from oss_serve.router.detokenize import Detokenizer
 from oss_serve.router.errors import InvalidRequest, Overloaded, RequestError
+from oss_serve.router.gate import Caller, presented_key
 from oss_serve.router.pipeline import GenerationRequest, RequestPipeline, TokenChunk
 from oss_serve.streams.records import lane_name
 
@@ -35,11 +39,12 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateResponse]:
         detokenizer = Detokenizer(skip_special_tokens=request.skip_special_tokens)
-        stream = self._pipeline.generate(
-            _generation_request(
-                request.prompt_token_ids, request.sampling, request.model, request.options, context
-            )
-        )
+        try:
+            caller = await self._caller(context)
+            generation = _generation_request(request, context)
+            [stream] = await self._pipeline.open(caller, [generation])
+        except RequestError as err:
+            await _abort(context, err)
         async for chunk in _relaying(stream, context):
             yield _generate_response(chunk, detokenizer)
 
@@ -48,28 +53,32 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     ) -> AsyncIterator[inference_pb2.ChatCompletionChunk]:
         options = request.options
         try:
-            body = chat_body(request)
+            caller = await self._caller(context)
             chat_options = ChatOptions(
                 model=request.model,
                 request_id=options.request_id,
-                session_key=options.session_key or request.user,
+                session_key=options.session_key,
                 lane=_lane(options.lane),
                 priority=options.priority,
                 timeout_s=context.time_remaining(),
             )
-        except InvalidRequest as err:
+            plan = plan_chat(chat_body(request), request.sampling, self._pipeline.limits)
+            [stream] = await open_chat(self._pipeline, caller, plan, chat_options)
+        except RequestError as err:
             await _abort(context, err)
         created = int(time.time())
         first = True
-        async for chunk in _relaying(
-            stream_chat(self._pipeline, body, request.sampling, chat_options), context
-        ):
+        async for chunk in _relaying(stream, context):
             yield _chat_chunk(chunk, request.model, created, role="assistant" if first else "")
             first = False
 
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
+        try:
+            await self._caller(context)
+        except RequestError as err:
+            await _abort(context, err)
         view = self._pipeline.view
         lengths = view.models()
         named = [(name, "") for name in sorted(lengths)] + sorted(view.adapters().items())
@@ -84,6 +93,16 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             for name, parent in named
         ]
         return inference_pb2.ListModelsResponse(models=models)
+
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        metadata = {
+            key: value
+            for key, value in context.invocation_metadata() or ()
+            if isinstance(value, str)
+        }
+        return await self._pipeline.authenticate(
+            presented_key(metadata.get("authorization"), metadata.get("x-api-key"))
+        )
 
 
 async def _relaying(
@@ -119,13 +138,6 @@ async def _abort(context: grpc.aio.ServicerContext, err: RequestError) -> NoRetu
     raise AssertionError("unreachable: context.abort raises")
 
 
-_KNOWN_LANES = (
-    inference_pb2.LANE_UNSPECIFIED,
-    inference_pb2.LANE_INTERACTIVE,
-    inference_pb2.LANE_BATCH,
-)
-
-
 def _lane(value: int) -> str:
     try:
         return lane_name(value)
@@ -136,21 +148,16 @@ def _lane(value: int) -> str:
 
 
 def _generation_request(
-    prompt_token_ids: Any,
-    sampling: inference_pb2.SamplingParams,
-    model: str,
-    options: inference_pb2.RequestOptions,
-    context: grpc.aio.ServicerContext,
+    request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
 ) -> GenerationRequest:
+    options = request.options
     return GenerationRequest(
-        prompt_token_ids=list(prompt_token_ids),
-        sampling=sampling,
-        model=model,
+        prompt_token_ids=list(request.prompt_token_ids),
+        sampling=request.sampling,
+        model=request.model,
         request_id=options.request_id,
         session_key=options.session_key,
-        lane=lane_name(options.lane)
-        if options.lane in _KNOWN_LANES
-        else f"unknown lane {options.lane}",
+        lane=_lane(options.lane),
         priority=options.priority,
         timeout_s=context.time_remaining(),
     )

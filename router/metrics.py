@@ -97,6 +97,12 @@ class RouterMetrics:
             ["limit"],
             registry=r,
         )
+        self.link_refused = Counter(
+            "oss_serve:link_refused_peers",
+            "Peers refused on the replica link port (reason: missing or wrong cluster token).",
+            ["reason"],
+            registry=r,
+        )
         if replicas is not None:
             r.register(ReplicaCollector(replicas))
 

@@ -1,8 +1,11 @@
-"""The one request pipeline both front ends use: validate -> render -> admit -> route ->
-enqueue -> stream back.
+"""The one request pipeline both front ends use: authenticate -> validate -> (render) ->
+limit -> admit -> route -> enqueue -> stream back.
 
-gRPC (`grpc_api.py`) and the OpenAI HTTP API hand a request here and relay what comes out;
-neither has its own routing, queueing or error mapping. Errors are `RequestError`s that
+gRPC (`grpc_api.py`) and the OpenAI HTTP API translate their wire format into a
+`GenerationRequest` (or a chat body, `chat.py`), hand it here with the key the client
+presented, and relay what comes out; neither has its own keys, limits, routing, queueing
+or error mapping. Rate limits are charged after validation and rendering (token limits
+need the prompt's length) and before anything is queued. Errors are `RequestError`s that
 know their gRPC and HTTP status.
 """
 
@@ -12,7 +15,7 @@ import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 
@@ -30,10 +33,17 @@ from oss_serve.router.errors import (
     RequestFailed,
     Unavailable,
 )
+from oss_serve.router.gate import Caller, Gate, RequestTracker
 from oss_serve.router.link import LinkEvent, LinkHub, OwnedRequest
 from oss_serve.router.policies import Candidate, RouteRequest, RoutingPolicy
 from oss_serve.router.prefix_index import PromptBlocks
-from oss_serve.router.sampling import check_prompt, checked_sampling
+from oss_serve.router.request_limits import (
+    MAX_ID_CHARS,
+    MAX_SESSION_KEY_CHARS,
+    RequestLimits,
+    check_length,
+)
+from oss_serve.router.sampling import check_prompt, check_sampling, checked_sampling
 from oss_serve.streams.keys import LANES, OVERFLOW
 from oss_serve.streams.redis_client import RedisUnavailable
 
@@ -70,7 +80,6 @@ class PipelineConfig:
     router_id: str
     reply_to: str  # this router's link address, host:port, as replicas reach it
     session_ttl_s: float = 600.0
-    request_timeout_s: float = 600.0
     replica_wait_s: float = 5.0  # how long a request waits for a healthy replica to appear
 
 
@@ -83,6 +92,8 @@ class RequestPipeline:
         queue: RequestQueue,
         policy: RoutingPolicy,
         admission: Admission,
+        gate: Gate,
+        limits: RequestLimits,
         config: PipelineConfig,
     ) -> None:
         self.view = view
@@ -90,9 +101,74 @@ class RequestPipeline:
         self.queue = queue
         self.policy = policy
         self.admission = admission
+        self.gate = gate
+        self.limits = limits
         self.config = config
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk]:
+    # --- the entry points of the front ends ------------------------------------------------
+
+    async def authenticate(self, presented_key: str | None) -> Caller:
+        """The caller behind the key a client presented (Unauthenticated if none fits)."""
+        return await self.gate.authenticate(presented_key)
+
+    async def open(
+        self,
+        caller: Caller,
+        requests: Sequence[GenerationRequest],
+        on_tokens: Sequence[Callable[[TokenChunk], None]] = (),
+    ) -> list[AsyncGenerator[TokenChunk, None]]:
+        """The choices of one client request as tracked token streams, once they passed
+        validation and the caller's limits; `on_tokens[i]` sees each chunk of stream i."""
+        await self.charge(caller, requests)
+        return [
+            self.tracked(caller, request, on_tokens[i] if on_tokens else None)
+            for i, request in enumerate(requests)
+        ]
+
+    async def charge(self, caller: Caller, requests: Sequence[GenerationRequest]) -> None:
+        """Validate the requests, then charge one request and all their prompt tokens to the
+        caller's limits (RateLimited when over one)."""
+        for request in requests:
+            self.validate(request)
+        await self.gate.limit(caller, sum(len(r.prompt_token_ids) for r in requests))
+
+    def validate(self, request: GenerationRequest) -> None:
+        """What can be checked before anything is charged or queued (InvalidRequest)."""
+        if request.lane not in LANES:
+            raise InvalidRequest(f"lane must be one of {', '.join(LANES)}", field="lane")
+        check_length(request.model, "model", MAX_ID_CHARS)
+        check_length(request.request_id, "options.request_id", MAX_ID_CHARS)
+        check_length(request.session_key, "options.session_key", MAX_SESSION_KEY_CHARS)
+        check_prompt(request.prompt_token_ids)
+        check_sampling(request.sampling)
+
+    async def tracked(
+        self,
+        caller: Caller,
+        request: GenerationRequest,
+        on_tokens: Callable[[TokenChunk], None] | None = None,
+        *,
+        tracker: RequestTracker | None = None,
+    ) -> AsyncGenerator[TokenChunk, None]:
+        """generate() with its metrics and usage. A caller that passes its own `tracker`
+        records the finish itself (chat knows the final reason and the reasoning tokens)."""
+        finishes_here = tracker is None
+        tracker = tracker or self.gate.track(caller, request.model)
+        try:
+            async with aclosing(self.generate(request)) as chunks:
+                async for chunk in chunks:
+                    tracker.on_tokens(len(chunk.token_ids), chunk.queue_time_s)
+                    if on_tokens is not None:
+                        on_tokens(chunk)
+                    if finishes_here and chunk.finish_reason:
+                        tracker.finish(chunk.finish_reason, chunk.usage)
+                    yield chunk
+        finally:
+            tracker.close()
+
+    # --- admit -> route -> enqueue -> stream back -------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
         """Stream the request's output; stopping iteration early cancels it everywhere."""
         try:
             async with aclosing(self._generate(request)) as chunks:
@@ -102,9 +178,7 @@ class RequestPipeline:
             raise Unavailable(f"the request queue is unreachable; retry shortly ({err})") from err
 
     async def _generate(self, request: GenerationRequest) -> AsyncGenerator[TokenChunk, None]:
-        if request.lane not in LANES:
-            raise InvalidRequest(f"lane must be one of {', '.join(LANES)}", field="lane")
-        check_prompt(request.prompt_token_ids)
+        self.validate(request)
         candidates = await self._candidates(request.model)
         max_model_len = min(
             (c.load.max_model_len for c in candidates if c.load.max_model_len), default=0
@@ -113,9 +187,7 @@ class RequestPipeline:
             request.sampling, prompt_len=len(request.prompt_token_ids), max_model_len=max_model_len
         )
         room = self.admission.admit(candidates, self.view.overflow_backlog)
-        timeout_s = (
-            request.timeout_s if request.timeout_s is not None else self.config.request_timeout_s
-        )
+        timeout_s = self.limits.timeout_s(request.timeout_s)
         internal_id = uuid.uuid4().hex
         owned = OwnedRequest(
             internal_id,

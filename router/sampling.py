@@ -40,14 +40,8 @@ def check_prompt(token_ids: Sequence[int], field: str = "prompt_token_ids") -> N
         )
 
 
-def checked_sampling(
-    sampling: inference_pb2.SamplingParams,
-    *,
-    prompt_len: int,
-    max_model_len: int,
-    field: str = "sampling",
-) -> inference_pb2.SamplingParams:
-    """A copy of `sampling` with max_tokens filled in; InvalidRequest names a bad field."""
+def check_sampling(sampling: inference_pb2.SamplingParams, field: str = "sampling") -> None:
+    """The parameters' ranges (what needs no replica to know); InvalidRequest names a bad one."""
     for name, ok, rule in _RANGES:
         if sampling.HasField(name):
             value = getattr(sampling, name)
@@ -71,6 +65,17 @@ def checked_sampling(
         raise InvalidRequest(
             f"{field}.logit_bias values must be in [-100, 100]", field=f"{field}.logit_bias"
         )
+
+
+def checked_sampling(
+    sampling: inference_pb2.SamplingParams,
+    *,
+    prompt_len: int,
+    max_model_len: int,
+    field: str = "sampling",
+) -> inference_pb2.SamplingParams:
+    """A copy of `sampling` with max_tokens filled in; InvalidRequest names a bad field."""
+    check_sampling(sampling, field)
     checked = inference_pb2.SamplingParams()
     checked.CopyFrom(sampling)
     room = max_model_len - prompt_len if max_model_len > 0 else 0

@@ -1,5 +1,6 @@
-"""One router process: the gRPC server (Inference API, replica links, health) and the
-background loops that keep its view of the replicas and their caches fresh.
+"""One router process: the public gRPC server (Inference API, health), the replica link
+server on a port of its own (behind the cluster token), and the background loops that keep
+its view of the replicas and their caches fresh.
 
 The HTTP API (OpenAI-compatible) runs in the same process on `RouterServer.pipeline`.
 The router holds no state that matters across restarts: everything shared is in Redis.
@@ -8,6 +9,7 @@ The router holds no state that matters across restarts: everything shared is in 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 import uuid
@@ -16,20 +18,28 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from oss_serve.common.logging import get_logger
+from oss_serve.common.security import TlsFiles
 from oss_serve.common.settings import Settings
 from oss_serve.common.tasks import stop_tasks
 from oss_serve.protos import inference_pb2, inference_pb2_grpc, replica_link_pb2_grpc
 from oss_serve.router.admission import Admission
+from oss_serve.router.auth.keys import ApiKeyStore, Authenticator
+from oss_serve.router.auth.limits import RateLimiter
+from oss_serve.router.auth.usage import UsageRecorder
 from oss_serve.router.cluster_view import ClusterView
 from oss_serve.router.enqueue import RequestQueue
+from oss_serve.router.gate import Gate
 from oss_serve.router.grpc_api import InferenceService
 from oss_serve.router.link import LinkHub
+from oss_serve.router.link_guard import ClusterTokenGuard
+from oss_serve.router.metrics import RouterMetrics
 from oss_serve.router.pipeline import PipelineConfig, RequestPipeline
 from oss_serve.router.policies import make_policy
 from oss_serve.router.prefix_index import PrefixIndex
+from oss_serve.router.request_limits import RequestLimits
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventFollower
-from oss_serve.streams.redis_client import connect
+from oss_serve.streams.redis_client import connect_from
 
 log = get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -38,21 +48,22 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 class RouterServer:
     def __init__(self, settings: Settings, *, router_id: str | None = None) -> None:
-        if settings.redis_url is None:
-            raise ValueError("the router needs --redis-url (or OSS_SERVE_REDIS_URL)")
         self.settings = settings
         self.router_id = (
             router_id or f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.redis = connect(settings.redis_url.get_secret_value())
-        keys = RedisKeys(settings.redis_namespace)
+        self.redis = connect_from(settings)
+        keys = self._keys = RedisKeys(settings.redis_namespace)
         self.index = PrefixIndex(settings.prefix_index_max_blocks)
         self.view = ClusterView(self.redis, keys, self.index)
+        self.metrics = RouterMetrics(lambda: self.view.replicas)
         self.events = KvEventFollower(self.redis, keys, self.index)
         self.hub = LinkHub()
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.link_port = 0
         self._server: grpc.aio.Server | None = None
+        self._link_server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
         self._queue = RequestQueue(self.redis, keys)
@@ -60,28 +71,26 @@ class RouterServer:
 
     @property
     def address(self) -> str:
-        """The host:port replicas use to reach this router (its link address)."""
+        """The host:port of the public gRPC API (Inference, health)."""
+        return f"{self.settings.host}:{self.port}"
+
+    @property
+    def link_address(self) -> str:
+        """The host:port replicas use to reach this router's link (queue records carry it)."""
         host = self.settings.advertise_host or self.settings.host
-        return f"{host}:{self.port}"
+        return f"{host}:{self.link_port}"
 
     async def start(self) -> None:
         settings = self.settings
+        tls = TlsFiles.from_settings(settings)
         self._server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", settings.max_request_body_bytes),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.http2.max_pings_without_data", 0),
-                ("grpc.keepalive_permit_without_calls", 1),
-                # replicas ping their idle links every 10 s: allow it (the default answers
-                # pings more often than every 5 minutes with GOAWAY "too_many_pings")
-                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-                ("grpc.http2.max_ping_strikes", 0),
             ]
         )
-        self.port = self._server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {settings.host}:{settings.grpc_port} (port taken?)")
+        self.port = _listen(self._server, settings.host, settings.grpc_port, tls, mutual=False)
+        self._link_server = self._start_link_server(tls)
         policy = make_policy(
             settings.routing_policy,
             index=self.index,
@@ -97,18 +106,19 @@ class RouterServer:
             queue=self._queue,
             policy=policy,
             admission=Admission(settings.max_queue_wait_s, settings.max_queued_per_replica),
+            gate=self._gate(),
+            limits=RequestLimits.from_settings(settings),
             config=PipelineConfig(
                 router_id=self.router_id,
-                reply_to=self.address,
+                reply_to=self.link_address,
                 session_ttl_s=settings.session_ttl_s,
-                request_timeout_s=settings.request_timeout_s,
             ),
         )
         inference_pb2_grpc.add_InferenceServicer_to_server(
             InferenceService(self.pipeline), self._server
         )
-        replica_link_pb2_grpc.add_ReplicaLinkServicer_to_server(self.hub, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        await self._link_server.start()
         await self._server.start()
         self._tasks = [
             asyncio.create_task(self.view.run()),
@@ -119,7 +129,58 @@ class RouterServer:
             "router started",
             router_id=self.router_id,
             address=self.address,
+            link_address=self.link_address,
+            tls=tls.serves_tls,
             policy=settings.routing_policy,
+        )
+
+    def _start_link_server(self, tls: TlsFiles) -> grpc.aio.Server:
+        """The replica link on its own port, behind the cluster token (and mTLS with a CA)."""
+        settings = self.settings
+        token = settings.cluster_token.get_secret_value() if settings.cluster_token else None
+        if token is None and not _is_loopback(settings.host):
+            raise ValueError(
+                f"the replica link would listen on {settings.host} without a cluster token: "
+                "set OSS_SERVE_CLUSTER_TOKEN (the same for routers and replicas)"
+            )
+        if token is None:
+            log.warning("the replica link has no cluster token: any local process may join")
+        guard = [ClusterTokenGuard(token, self.metrics.link_refused)] if token else []
+        server = grpc.aio.server(
+            interceptors=guard,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.keepalive_permit_without_calls", 1),
+                # replicas ping their idle links every 10 s: allow it (the default answers
+                # pings more often than every 5 minutes with GOAWAY "too_many_pings")
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ],
+        )
+        self.link_port = _listen(
+            server, settings.host, settings.effective_link_port, tls, mutual=True
+        )
+        replica_link_pb2_grpc.add_ReplicaLinkServicer_to_server(self.hub, server)
+        return server
+
+    def _gate(self) -> Gate:
+        """Keys (`--api-key` and those in Redis), their limits, usage: one gate for gRPC and HTTP."""
+        settings = self.settings
+        authenticator = Authenticator(
+            ApiKeyStore(self.redis, self._keys),
+            local_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            required=settings.require_api_key,
+            local_requests_per_min=settings.api_key_requests_per_min,
+            local_tokens_per_min=settings.api_key_tokens_per_min,
+        )
+        return Gate(
+            authenticator,
+            RateLimiter(self.redis, self._keys),
+            UsageRecorder(self.redis, self._keys),
+            self.metrics,
         )
 
     async def _report_health(self) -> None:
@@ -144,12 +205,33 @@ class RouterServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace_s)
+        if self._link_server is not None:
+            await self._link_server.stop(grace_s)
         self._stopped = True
         self.view.stop()
         self.events.stop()
         await stop_tasks(self._tasks)
         await self.redis.aclose()
         log.info("router stopped", router_id=self.router_id)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _listen(server: grpc.aio.Server, host: str, port: int, tls: TlsFiles, *, mutual: bool) -> int:
+    """Bind `server` (TLS when configured); the bound port, or OSError when taken."""
+    address = f"{host}:{port}"
+    if tls.serves_tls:
+        bound = server.add_secure_port(address, tls.server_credentials(require_client_cert=mutual))
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot listen on {address} (port taken?)")
+    return int(bound)
 
 
 async def run_router(settings: Settings) -> None:
@@ -166,6 +248,7 @@ async def run_router(settings: Settings) -> None:
         await server.stop(grace_s=0.0)  # e.g. the HTTP port is taken: leave nothing running
         raise
     print(f"router {server.router_id} serving gRPC on {server.address}", flush=True)
+    print(f"router {server.router_id} replica link on {server.link_address}", flush=True)
     if http is not None:
         print(f"router {server.router_id} serving HTTP on {http.url}", flush=True)
     stop = asyncio.Event()

@@ -30,6 +30,8 @@ class Endpoints:
     api_key_generated: bool
     replicas: int
     python: str  # the interpreter that has the openai package
+    link_address: str = ""  # host:port of the replica link
+    cluster_token: str | None = None  # only when generated for this run (printed once)
 
 
 class WeightBars:
@@ -112,6 +114,12 @@ def banner_text(e: Endpoints) -> str:
     auth = ' -H "Authorization: Bearer $OSS_SERVE_API_KEY"' if e.api_key else ""
     client_key = 'os.environ["OSS_SERVE_API_KEY"]' if e.api_key else '"none"'
     replicas = f"{e.replicas} replica" + ("s" if e.replicas != 1 else "")
+    token_line = (
+        f"export OSS_SERVE_CLUSTER_TOKEN={e.cluster_token}   # generated: routers and replicas "
+        "that join this stack need it"
+        if e.cluster_token
+        else "yours (OSS_SERVE_CLUSTER_TOKEN)"
+    )
     return f"""
 oss-serve is up: model {e.model!r}, {replicas}
   OpenAI API  {e.http_url}/v1
@@ -119,6 +127,7 @@ oss-serve is up: model {e.model!r}, {replicas}
   metrics     {e.http_url}/metrics
   redis       {e.redis_url}
   API key     {key_line}
+  replica link {e.link_address}   cluster token: {token_line}
 
 Try it from another terminal (paste the export line first):
 

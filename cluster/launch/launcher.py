@@ -44,6 +44,7 @@ from oss_serve.cluster.launch.local_redis import LocalRedis
 from oss_serve.cluster.ray import placement
 from oss_serve.cluster.ray.placement import PlacementError, RankResources
 from oss_serve.common.logging import get_logger
+from oss_serve.common.security import new_cluster_token
 from oss_serve.common.settings import Settings
 
 log = get_logger(__name__)
@@ -69,10 +70,11 @@ class LaunchError(RuntimeError):
 class LaunchPlan:
     """What to start: settings shared by the router and the replicas, and how many replicas."""
 
-    settings: Settings  # model resolved to a folder or preset, api_key set if any
+    settings: Settings  # model resolved to a folder or preset, api_key and cluster_token set
     replicas: int
     served_model_name: str
     api_key_generated: bool
+    cluster_token_generated: bool = False
 
     @property
     def world_size(self) -> int:
@@ -97,15 +99,24 @@ def plan_launch(
         settings = settings.model_copy(update={"log_format": "console"})  # the actors' logs too
     generated = settings.api_key is None
     api_key = settings.api_key or SecretStr(new_api_key())
+    token_generated = settings.cluster_token is None
+    cluster_token = settings.cluster_token or SecretStr(new_cluster_token())
     check_ports(settings)
     resolved = settings.model_copy(
         update={
             "model": model,
             "api_key": api_key,
+            "cluster_token": cluster_token,
             "served_model_name": settings.served_model_name or default_name,
         }
     )
-    return LaunchPlan(resolved, replicas, resolved.served_model_name or default_name, generated)
+    return LaunchPlan(
+        resolved,
+        replicas,
+        resolved.served_model_name or default_name,
+        generated,
+        cluster_token_generated=token_generated,
+    )
 
 
 def new_api_key() -> str:
@@ -136,9 +147,16 @@ def resolve_model(model: str) -> tuple[str, str]:
 
 def check_ports(settings: Settings) -> None:
     """Refuse at once when a port is taken (gRPC would share one through SO_REUSEPORT)."""
-    wanted = {"--http-port": settings.http_port, "--grpc-port": settings.grpc_port}
-    if settings.http_port and settings.http_port == settings.grpc_port:
-        raise LaunchError(f"--http-port and --grpc-port are both {settings.http_port}")
+    wanted = {
+        "--http-port": settings.http_port,
+        "--grpc-port": settings.grpc_port,
+        "--link-port": settings.effective_link_port,
+    }
+    flags = list(wanted)
+    for i, flag in enumerate(flags):
+        for other in flags[i + 1 :]:
+            if wanted[flag] and wanted[flag] == wanted[other]:
+                raise LaunchError(f"{flag} and {other} are both {wanted[flag]}")
     for flag, port in wanted.items():
         if port == 0:
             continue
@@ -390,14 +408,19 @@ class Launcher:
 
     def endpoints(self) -> Endpoints:
         key = self.settings.api_key
+        token = self.settings.cluster_token
         http_url = self.http.url if self.http is not None else "(HTTP API disabled)"
         return Endpoints(
             http_url=http_url,
             grpc_address=self.router.address,
+            link_address=self.router.link_address,
             redis_url=self.redis.url if self.redis is not None else "(--redis-url)",
             model=self.plan.served_model_name,
             api_key=key.get_secret_value() if key is not None else None,
             api_key_generated=self.plan.api_key_generated,
+            cluster_token=token.get_secret_value()
+            if token is not None and self.plan.cluster_token_generated
+            else None,
             replicas=len(self.replicas),
             python=_display_path(Path(sys.executable)),
         )

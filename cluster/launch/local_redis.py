@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from oss_serve.common.logging import get_logger
 
@@ -65,13 +66,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def answers_ping(host: str, port: int, timeout_s: float = 0.2) -> bool:
+def answers_ping(host: str, port: int, timeout_s: float = 0.2, password: str | None = None) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            if password is not None:
+                sock.sendall(_command(b"AUTH", password.encode()))
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def _command(*parts: bytes) -> bytes:
+    """One command in Redis's protocol (RESP), safe for any bytes in its arguments."""
+    out = b"*%d\r\n" % len(parts)
+    for part in parts:
+        out += b"$%d\r\n%s\r\n" % (len(part), part)
+    return out
 
 
 class LocalRedis:
@@ -86,6 +99,7 @@ class LocalRedis:
         *,
         appendonly: bool = True,
         end_with_parent: bool = False,
+        password: str | None = None,
     ) -> None:
         """`end_with_parent`: Redis gets SIGTERM when the starting thread ends (Linux). It
         needs a child hook between fork and exec, which is only safe while the process has
@@ -93,13 +107,16 @@ class LocalRedis:
         self.data_dir = data_dir
         self.port = port or free_port(self.host)
         self.appendonly = appendonly
+        self.password = password  # clients must AUTH with it (requirepass)
         self.end_with_parent = end_with_parent and _PRCTL is not None
         self.binary = redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        """redis://host:port/0, with the password when there is one (a secret then)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -119,6 +136,8 @@ class LocalRedis:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
         ]  # fmt: skip
+        if self.password is not None:  # in the arguments: only for local, single-user use
+            args += ["--requirepass", self.password]
         # Its own session: a Ctrl-C in the terminal reaches `up`, which stops Redis last.
         self.process = subprocess.Popen(
             args,
@@ -130,7 +149,7 @@ class LocalRedis:
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if answers_ping(self.host, self.port):
+            if answers_ping(self.host, self.port, password=self.password):
                 log.info("redis started", port=self.port, pid=self.process.pid)
                 return self
             if self.process.poll() is not None:

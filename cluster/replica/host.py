@@ -22,12 +22,13 @@ from redis.asyncio import Redis
 from oss_serve.cluster.replica.adapter_sync import AdapterSync
 from oss_serve.cluster.replica.config import ReplicaConfig
 from oss_serve.cluster.replica.queue import ReplicaQueue
+from oss_serve.cluster.replica.router_link import LinkSecurity, RouterLinks
 from oss_serve.cluster.replica.service import ReplicaService
 from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventPublisher
-from oss_serve.streams.redis_client import connect
+from oss_serve.streams.redis_client import connect_from
 
 log = get_logger(__name__)
 
@@ -139,7 +140,8 @@ async def start_replica_host(
     if not settings.model:
         raise ValueError("the replica needs --model (a checkpoint folder or a preset name)")
     replica_id = settings.replica_id or default_replica_id()
-    redis = connect(settings.redis_url.get_secret_value())
+    link_security = LinkSecurity.from_settings(settings)  # bad TLS files: fail before loading
+    redis = connect_from(settings)
     keys = RedisKeys(settings.redis_namespace)
     publisher = KvEventPublisher(
         redis,
@@ -171,6 +173,7 @@ async def start_replica_host(
         make_sampling_params=sampling_params_factory(),
         kv_events=publisher,
         adapters=AdapterSync(engine, redis, keys) if settings.enable_lora else None,
+        links=RouterLinks(replica_id, link_security),
     )
     await service.start()
     return ReplicaHost(replica_id, engine, service, redis)

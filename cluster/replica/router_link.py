@@ -4,6 +4,10 @@ One bidirectional stream per router carries every request that router owns: Star
 handshakes and their replies, output tokens, failures, and the router's cancels. When
 the stream breaks, every request on it is told (`lost`), and the next use reconnects;
 the requests then re-handshake and resume from what the router says its client has.
+
+The replica proves it belongs to the cluster with the cluster token (metadata on the
+stream) and, when the routers' link serves TLS, connects with TLS (its own certificate
+too, for mTLS); `LinkSecurity` carries both.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
 from oss_serve.common.logging import get_logger
+from oss_serve.common.security import CLUSTER_TOKEN_METADATA, REPLICA_ID_METADATA, TlsFiles
+from oss_serve.common.settings import Settings
 from oss_serve.protos import replica_link_pb2, replica_link_pb2_grpc
 
 log = get_logger(__name__)
@@ -30,6 +37,38 @@ _CHANNEL_OPTIONS = [
 
 class LinkDown(ConnectionError):
     """The router cannot be reached (or the stream to it broke)."""
+
+
+@dataclass(frozen=True)
+class LinkSecurity:
+    """How a replica proves itself to the routers' link, and how it reaches it."""
+
+    cluster_token: str | None = None
+    credentials: grpc.ChannelCredentials | None = None  # None = plain TCP
+    server_name: str | None = None  # the name expected in the router's certificate
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LinkSecurity:
+        """TLS when a CA to verify the routers is given (--tls-ca)."""
+        tls = TlsFiles.from_settings(settings)
+        token = settings.cluster_token
+        return cls(
+            cluster_token=token.get_secret_value() if token is not None else None,
+            credentials=tls.channel_credentials() if tls.ca is not None else None,
+            server_name=settings.tls_server_name,
+        )
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        if self.credentials is None:
+            return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        options: list[tuple[str, str | int]] = list(_CHANNEL_OPTIONS)
+        if self.server_name:
+            options.append(("grpc.ssl_target_name_override", self.server_name))
+        return grpc.aio.secure_channel(address, self.credentials, options=options)
+
+    def metadata(self, replica_id: str) -> tuple[tuple[str, str], ...]:
+        token = ((CLUSTER_TOKEN_METADATA, self.cluster_token),) if self.cluster_token else ()
+        return (*token, (REPLICA_ID_METADATA, replica_id))
 
 
 class RequestSession:
@@ -57,9 +96,10 @@ class RequestSession:
 
 
 class RouterLink:
-    def __init__(self, address: str, replica_id: str) -> None:
+    def __init__(self, address: str, replica_id: str, security: LinkSecurity | None = None) -> None:
         self.address = address
         self.replica_id = replica_id
+        self.security = security or LinkSecurity()
         self._channel: grpc.aio.Channel | None = None
         self._outgoing: asyncio.Queue[replica_link_pb2.ReplicaMessage | None] | None = None
         self._sessions: dict[tuple[str, str], RequestSession] = {}
@@ -76,7 +116,7 @@ class RouterLink:
             if self.connected:
                 return
             await self._close_channel()
-            channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            channel = self.security.channel(self.address)
             try:
                 await asyncio.wait_for(channel.channel_ready(), CONNECT_TIMEOUT_S)
             except (TimeoutError, grpc.aio.AioRpcError) as err:
@@ -88,7 +128,9 @@ class RouterLink:
                     hello=replica_link_pb2.Hello(replica_id=self.replica_id)
                 )
             )
-            call = replica_link_pb2_grpc.ReplicaLinkStub(channel).Connect(_drain(outgoing))
+            call = replica_link_pb2_grpc.ReplicaLinkStub(channel).Connect(
+                _drain(outgoing), metadata=self.security.metadata(self.replica_id)
+            )
             self._channel, self._outgoing = channel, outgoing
             self._reader = asyncio.create_task(self._read(call, outgoing))
 
@@ -126,7 +168,14 @@ class RouterLink:
             async for message in call:
                 self._dispatch(message)
         except grpc.aio.AioRpcError as err:
-            log.warning("router link broke", router=self.address, code=str(err.code()))
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                log.error(
+                    "the router refused this replica: give it the routers' cluster token "
+                    "(OSS_SERVE_CLUSTER_TOKEN)",
+                    router=self.address,
+                )
+            else:
+                log.warning("router link broke", router=self.address, code=str(err.code()))
         finally:
             outgoing.put_nowait(None)
             for session in list(self._sessions.values()):
@@ -176,14 +225,15 @@ async def _drain(
 class RouterLinks:
     """The replica's links, one per router address, opened on first use."""
 
-    def __init__(self, replica_id: str) -> None:
+    def __init__(self, replica_id: str, security: LinkSecurity | None = None) -> None:
         self.replica_id = replica_id
+        self.security = security or LinkSecurity()
         self._links: dict[str, RouterLink] = {}
 
     def get(self, address: str) -> RouterLink:
         link = self._links.get(address)
         if link is None:
-            link = self._links[address] = RouterLink(address, self.replica_id)
+            link = self._links[address] = RouterLink(address, self.replica_id, self.security)
         return link
 
     async def aclose(self) -> None:

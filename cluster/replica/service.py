@@ -53,13 +53,14 @@ class ReplicaService:
         make_sampling_params: Callable[[dict[str, Any]], Any],
         kv_events: KvEventPublisher | None = None,
         adapters: AdapterSync | None = None,
+        links: RouterLinks | None = None,
     ) -> None:
         self.engine = engine
         self.adapters = adapters  # follows runtime LoRA load/unload orders
         self.queue = queue
         self.config = config
+        self.links = links or RouterLinks(config.replica_id)
         self.kv_events = kv_events
-        self.links = RouterLinks(config.replica_id)
         self.inflight = InFlight()
         self.heartbeat = Heartbeat(engine, queue, config, self.inflight, adapters)
         self.puller = Puller(engine, queue, config, self.inflight, self._start_serving)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
+from redis.exceptions import RedisError
 
 from oss_serve.commands._common import ConfigOption, fail, settings_from_flags
 
@@ -27,16 +28,14 @@ def _run(
     job: Callable[..., Awaitable[T]],
 ) -> T:
     from oss_serve.streams.keys import RedisKeys
-    from oss_serve.streams.redis_client import connect
+    from oss_serve.streams.redis_client import connect_from
 
     settings = settings_from_flags(config, redis_url=redis_url, redis_namespace=namespace)
     if settings.redis_url is None:
         fail("keys live in Redis: give --redis-url (or OSS_SERVE_REDIS_URL)")
 
-    url = settings.redis_url.get_secret_value()
-
     async def main() -> T:
-        redis = connect(url)
+        redis = connect_from(settings)
         try:
             return await job(redis, RedisKeys(settings.redis_namespace))
         finally:
@@ -44,8 +43,8 @@ def _run(
 
     try:
         return asyncio.run(main())
-    except (OSError, ConnectionError) as err:
-        fail(f"cannot reach Redis: {err}")
+    except (OSError, ConnectionError, RedisError) as err:
+        fail(f"cannot use Redis: {type(err).__name__}: {err}")
 
 
 @keys_app.command("add")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -61,6 +62,20 @@ def replica(
     max_loras: MaxLorasOption = None,
     max_lora_rank: MaxLoraRankOption = None,
     max_cpu_loras: MaxCpuLorasOption = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="PEM CA that signed the routers' certificates: TLS link."),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="This replica's PEM certificate (mTLS).")
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")
+    ] = None,
+    tls_server_name: Annotated[
+        str | None,
+        typer.Option("--tls-server-name", help="Name in the routers' certificates to expect."),
+    ] = None,
 ) -> None:
     """Run a model replica that serves the requests routed to it through Redis."""
     from oss_serve.cluster.replica.host import run_replica
@@ -84,6 +99,10 @@ def replica(
         expert_parallel_size=expert_parallel_size,
         enforce_eager=enforce_eager,
         **lora_flags(enable_lora, lora_modules, max_loras, max_lora_rank, max_cpu_loras),
+        tls_ca=tls_ca,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_server_name=tls_server_name,
     )
     try:
         code = asyncio.run(run_replica(settings))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,13 @@ def router(
     host: Annotated[str | None, typer.Option("--host", help="Address to listen on.")] = None,
     grpc_port: Annotated[
         int | None, typer.Option("--grpc-port", help="gRPC port (0 = any free port).")
+    ] = None,
+    link_port: Annotated[
+        int | None,
+        typer.Option(
+            "--link-port",
+            help="Replica link port, apart from the public gRPC API (default: --grpc-port + 1).",
+        ),
     ] = None,
     http_port: Annotated[
         int | None, typer.Option("--http-port", help="OpenAI HTTP API port (0 = any free port).")
@@ -47,6 +55,19 @@ def router(
         typer.Option("--max-queued-per-replica", help="Refuse (429) beyond this backlog."),
     ] = None,
     admin_api_key: AdminApiKeyOption = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option("--tls-cert", help="PEM certificate chain: TLS on every port of the router."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", help="PEM key of --tls-cert.")
+    ] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca", help="PEM CA: replicas must present certificates it signed (mTLS)."
+        ),
+    ] = None,
 ) -> None:
     """Run the router: the gRPC API in front of the Redis queues, routing by prefix cache and load."""
     from oss_serve.router.server import run_router
@@ -56,6 +77,7 @@ def router(
         redis_url=redis_url,
         host=host,
         grpc_port=grpc_port,
+        link_port=link_port,
         http_port=http_port,
         api_key=api_key,
         advertise_host=advertise_host,
@@ -64,6 +86,9 @@ def router(
         max_queue_wait_s=max_queue_wait_s,
         max_queued_per_replica=max_queued_per_replica,
         admin_api_key=admin_api_key,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
     )
     try:
         asyncio.run(run_router(settings))

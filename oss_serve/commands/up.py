@@ -38,6 +38,9 @@ def up(
     expert_parallel_size: int | None = typer.Option(None, "--expert-parallel-size", "-ep", min=1),
     http_port: int | None = typer.Option(None, "--http-port"),
     grpc_port: int | None = typer.Option(None, "--grpc-port"),
+    link_port: int | None = typer.Option(
+        None, "--link-port", help="Replica link port (default: --grpc-port + 1)."
+    ),
     redis_url: str | None = typer.Option(
         None, "--redis-url", help="Use this Redis instead of starting one."
     ),
@@ -48,6 +51,13 @@ def up(
     max_lora_rank: MaxLoraRankOption = None,
     max_cpu_loras: MaxCpuLorasOption = None,
     admin_api_key: AdminApiKeyOption = None,
+    tls_cert: Path | None = typer.Option(
+        None, "--tls-cert", help="PEM certificate: TLS on the router's ports (and the link)."
+    ),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM key of --tls-cert."),
+    tls_ca: Path | None = typer.Option(
+        None, "--tls-ca", help="PEM CA: the link is mTLS, replicas present --tls-cert."
+    ),
     config: ConfigOption = None,
 ) -> None:
     """Start Redis, a local Ray runtime, the replicas and a router; Ctrl-C stops them all."""
@@ -61,10 +71,14 @@ def up(
         expert_parallel_size=expert_parallel_size,
         http_port=http_port,
         grpc_port=grpc_port,
+        link_port=link_port,
         redis_url=redis_url,
         api_key=api_key,
         admin_api_key=admin_api_key,
         **lora_flags(enable_lora, lora_modules, max_loras, max_lora_rank, max_cpu_loras),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
     )
     if "log_level" not in settings.model_fields_set:
         # the terminal shows progress lines and the banner; logs only when something is wrong

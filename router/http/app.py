@@ -30,7 +30,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(title="oss-serve", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-    store = ResponseStore(ctx.redis, ctx.keys, ctx.limits.response_ttl_s)
+    store = ResponseStore(ctx.redis, ctx.keys, ctx.response_ttl_s)
     app.state.api = ctx
 
     async def client_gone(request: Request, exc: Exception) -> Response:

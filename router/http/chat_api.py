@@ -4,7 +4,7 @@ OpenAI chat.completion objects or SSE chunks."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +13,8 @@ from fastapi.responses import JSONResponse, Response
 
 from oss_serve.common.vocab import STARTOFTEXT, o200k_harmony
 from oss_serve.protos import inference_pb2
-from oss_serve.router.chat import ChatChunk, ChatOptions, render_chat, stream_harmony
-from oss_serve.router.http.context import ApiContext, RequestTracker
-from oss_serve.router.http.errors import invalid
+from oss_serve.router.chat import ChatChunk, ChatOptions, HarmonyPlan, open_chat, plan_chat
+from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.models import ChatCompletionRequest, SamplingFields
 from oss_serve.router.http.openai_json import chat_logprobs, chat_usage, new_id, sum_usage
 from oss_serve.router.http.request_body import parse_body, read_json, sampling_params
@@ -27,9 +26,6 @@ from oss_serve.router.http.streaming import (
     unless_disconnected,
 )
 from oss_serve.router.pipeline import TokenChunk
-from oss_serve.router.structured_output import chat_structured_output
-
-INT64_SPAN = 2**64
 
 
 @dataclass
@@ -37,7 +33,6 @@ class Choice:
     """One choice's generation: its stream, bookkeeping, and what it has produced so far."""
 
     index: int
-    tracker: RequestTracker
     pending_logprobs: list[inference_pb2.TokenLogprob] = field(default_factory=list)
     reasoning: str = ""
     content: str = ""
@@ -48,7 +43,6 @@ class Choice:
     started: bool = False
 
     def on_tokens(self, chunk: TokenChunk) -> None:
-        self.tracker.on_tokens(chunk)
         self.pending_logprobs += chunk.logprobs
 
     def absorb(self, chunk: ChatChunk, want_logprobs: bool) -> list[dict[str, Any]]:
@@ -68,7 +62,6 @@ class Choice:
         if chunk.finish_reason:
             self.finish_reason = "tool_calls" if self.tool_calls else chunk.finish_reason
             self.usage = chunk.usage
-            self.tracker.finish(self.finish_reason, chunk.usage)
         return entries
 
 
@@ -93,96 +86,42 @@ def content_tokens(
 @dataclass(frozen=True)
 class ChatPlan:
     request: ChatCompletionRequest
-    body: dict[str, Any]
-    prompt: list[int]
-    sampling: inference_pb2.SamplingParams
-    structured: inference_pb2.StructuredOutput | None
-    function_names: list[str]
+    harmony: HarmonyPlan
 
 
 async def create_chat_completion(request: Request, ctx: ApiContext) -> Response:
-    started_s = time.monotonic()
-    key = await ctx.authenticate(request)
-    plan = plan_chat(await read_json(request, ctx.limits.max_body_bytes), ctx)
-    await ctx.admit(key, len(plan.prompt) * plan.request.n)
-    choices = [
-        Choice(i, ctx.track(key, plan.request.model, started_s)) for i in range(plan.request.n)
-    ]
-    streams = [_choice_stream(ctx, plan, choice) for choice in choices]
-    completion_id = new_id("chatcmpl-")
-    try:
-        if plan.request.stream:
-            frames = _sse_frames(plan, choices, streams, completion_id)
-            return await streaming_response(frames)
-        result = await unless_disconnected(request, _collect(plan, choices, streams))
-        return JSONResponse(_completion_json(plan, choices, completion_id, result))
-    finally:
-        if not plan.request.stream:
-            for choice in choices:
-                choice.tracker.close()
-
-
-def plan_chat(body: dict[str, Any], ctx: ApiContext) -> ChatPlan:
-    """Validate and render (every 4xx a body can cause is raised here, before admission)."""
-    request = parse_body(ChatCompletionRequest, body)
-    check_counts(request.n, len(request.messages), len(request.tools or ()), ctx)
-    prompt = render_chat(body)
-    structured = chat_structured_output(body)
-    if structured is not None and request.min_tokens:
-        raise invalid("min_tokens cannot be combined with structured outputs", "min_tokens")
-    top = request.top_logprobs if request.logprobs else None
-    if request.logprobs and top is None:
+    caller = await ctx.authenticate(request)
+    body = await read_json(request, ctx.max_body_bytes)
+    parsed = parse_body(ChatCompletionRequest, body)
+    top = parsed.top_logprobs if parsed.logprobs else None
+    if parsed.logprobs and top is None:
         top = 0
     sampling = sampling_params(
-        request, max_tokens=request.max_completion_tokens or request.max_tokens, logprobs=top
+        parsed, max_tokens=parsed.max_completion_tokens or parsed.max_tokens, logprobs=top
     )
-    names = [
-        t["function"]["name"]
-        for t in request.tools or ()
-        if isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
-    ]
-    return ChatPlan(request, body, prompt, sampling, structured, names)
-
-
-def check_counts(n: int, messages: int, tools: int, ctx: ApiContext) -> None:
-    limits = ctx.limits
-    if n > limits.max_n:
-        raise invalid(f"n must be <= {limits.max_n}", "n")
-    if messages > limits.max_messages:
-        raise invalid(f"at most {limits.max_messages} messages/items per request", "messages")
-    if tools > limits.max_tools:
-        raise invalid(f"at most {limits.max_tools} tools per request", "tools")
-
-
-def seeded(sampling: inference_pb2.SamplingParams, index: int) -> inference_pb2.SamplingParams:
-    """Choice `index` of n: the same parameters with its own seed (seed + index)."""
-    if index == 0 or not sampling.HasField("seed"):
-        return sampling
-    copy = inference_pb2.SamplingParams()
-    copy.CopyFrom(sampling)
-    copy.seed = (sampling.seed + index + 2**63) % INT64_SPAN - 2**63
-    return copy
+    plan = ChatPlan(parsed, plan_chat(body, sampling, ctx.pipeline.limits, n=parsed.n))
+    choices = [Choice(i) for i in range(parsed.n)]
+    streams = await open_chat(
+        ctx.pipeline,
+        caller,
+        plan.harmony,
+        options_of(parsed),
+        n=parsed.n,
+        on_tokens=[choice.on_tokens for choice in choices],
+    )
+    completion_id = new_id("chatcmpl-")
+    if parsed.stream:
+        return await streaming_response(_sse_frames(plan, choices, streams, completion_id))
+    result = await unless_disconnected(request, _collect(plan, choices, streams))
+    return JSONResponse(_completion_json(plan, choices, completion_id, result))
 
 
 def options_of(request: SamplingFields) -> ChatOptions:
     return ChatOptions(model=request.model, priority=request.priority)
 
 
-def _choice_stream(ctx: ApiContext, plan: ChatPlan, choice: Choice) -> AsyncIterator[ChatChunk]:
-    return stream_harmony(
-        ctx.pipeline,
-        plan.prompt,
-        seeded(plan.sampling, choice.index),
-        options_of(plan.request),
-        function_names=plan.function_names,
-        session_key=plan.request.user or "",
-        structured_output=plan.structured,
-        on_tokens=choice.on_tokens,
-    )
-
-
 async def _collect(
-    plan: ChatPlan, choices: list[Choice], streams: list[AsyncIterator[ChatChunk]]
+    plan: ChatPlan, choices: list[Choice], streams: Sequence[AsyncIterator[ChatChunk]]
 ) -> inference_pb2.Usage:
     async for index, chunk in merged(streams):
         choices[index].absorb(chunk, plan.request.logprobs)
@@ -231,51 +170,47 @@ def _tool_call(call: dict[str, Any]) -> dict[str, Any]:
 async def _sse_frames(
     plan: ChatPlan,
     choices: list[Choice],
-    streams: list[AsyncIterator[ChatChunk]],
+    streams: Sequence[AsyncIterator[ChatChunk]],
     completion_id: str,
 ) -> AsyncIterator[bytes]:
     request = plan.request
     include_usage = bool(request.stream_options and request.stream_options.include_usage)
     created = int(time.time())
     model = request.model or "default"
-    try:
-        async for index, chunk in merged(streams):
-            choice = choices[index]
-            entries = choice.absorb(chunk, request.logprobs)
-            delta = _delta(chunk, choice, request.include_reasoning)
-            frame: dict[str, Any] = {
+    async for index, chunk in merged(streams):
+        choice = choices[index]
+        entries = choice.absorb(chunk, request.logprobs)
+        delta = _delta(chunk, choice, request.include_reasoning)
+        frame: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": index,
+                    "delta": delta,
+                    "logprobs": {"content": entries} if request.logprobs else None,
+                    "finish_reason": choice.finish_reason or None,
+                }
+            ],
+        }
+        if include_usage:
+            frame["usage"] = None
+        yield sse(frame)
+    if include_usage:
+        usage = sum_usage(c.usage for c in choices if c.usage is not None)
+        yield sse(
+            {
                 "id": completion_id,
                 "object": "chat.completion.chunk",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {
-                        "index": index,
-                        "delta": delta,
-                        "logprobs": {"content": entries} if request.logprobs else None,
-                        "finish_reason": choice.finish_reason or None,
-                    }
-                ],
+                "choices": [],
+                "usage": chat_usage(usage),
             }
-            if include_usage:
-                frame["usage"] = None
-            yield sse(frame)
-        if include_usage:
-            usage = sum_usage(c.usage for c in choices if c.usage is not None)
-            yield sse(
-                {
-                    "id": completion_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": chat_usage(usage),
-                }
-            )
-        yield DONE
-    finally:
-        for choice in choices:
-            choice.tracker.close()
+        )
+    yield DONE
 
 
 def _delta(chunk: ChatChunk, choice: Choice, include_reasoning: bool) -> dict[str, Any]:

@@ -4,7 +4,7 @@ shared pipeline, no harmony; text_completion objects or SSE chunks."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse, Response
 
 from oss_serve.common.vocab import ENDOFTEXT, o200k_harmony
 from oss_serve.protos import inference_pb2
+from oss_serve.router.chat import seeded
 from oss_serve.router.detokenize import Detokenizer
 from oss_serve.router.errors import InvalidRequest
-from oss_serve.router.http.chat_api import check_counts, seeded
-from oss_serve.router.http.context import ApiContext, RequestTracker
+from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.errors import invalid
 from oss_serve.router.http.models import CompletionRequest
 from oss_serve.router.http.openai_json import chat_usage, completion_logprobs, new_id, sum_usage
@@ -36,7 +36,6 @@ from oss_serve.router.structured_output import raw_structured_output
 class TextChoice:
     index: int
     prompt: list[int]
-    tracker: RequestTracker
     detokenizer: Detokenizer = field(default_factory=Detokenizer)
     text: str = ""
     logprobs: list[inference_pb2.TokenLogprob] = field(default_factory=list)
@@ -44,24 +43,21 @@ class TextChoice:
     usage: inference_pb2.Usage | None = None
 
     def absorb(self, chunk: TokenChunk) -> str:
-        self.tracker.on_tokens(chunk)
         piece = self.detokenizer.feed(chunk.token_ids, final=bool(chunk.finish_reason))
         self.text += piece
         self.logprobs += chunk.logprobs
         if chunk.finish_reason:
             self.finish_reason = chunk.finish_reason
             self.usage = chunk.usage
-            self.tracker.finish(chunk.finish_reason, chunk.usage)
         return piece
 
 
 async def create_completion(request: Request, ctx: ApiContext) -> Response:
-    started_s = time.monotonic()
-    key = await ctx.authenticate(request)
-    body = await read_json(request, ctx.limits.max_body_bytes)
+    caller = await ctx.authenticate(request)
+    body = await read_json(request, ctx.max_body_bytes)
     completion = parse_body(CompletionRequest, body)
     prompts = _prompts(completion)
-    check_counts(completion.n * len(prompts), 1, 0, ctx)
+    ctx.pipeline.limits.check_counts(n=completion.n * len(prompts))
     if completion.suffix:
         raise invalid("suffix is not supported", "suffix")
     structured = raw_structured_output(body)
@@ -74,14 +70,14 @@ async def create_completion(request: Request, ctx: ApiContext) -> Response:
         sampling.structured_output.CopyFrom(structured)
         if ENDOFTEXT not in sampling.stop_token_ids:
             sampling.stop_token_ids.append(ENDOFTEXT)  # the grammar ends the text with it
-    await ctx.admit(key, sum(len(p) for p in prompts) * completion.n)
     choices = [
-        TextChoice(i * completion.n + j, prompt, ctx.track(key, completion.model, started_s))
+        TextChoice(i * completion.n + j, prompt)
         for i, prompt in enumerate(prompts)
         for j in range(completion.n)
     ]
-    streams = [
-        ctx.pipeline.generate(
+    streams = await ctx.pipeline.open(
+        caller,
+        [
             GenerationRequest(
                 prompt_token_ids=c.prompt,
                 sampling=seeded(sampling, c.index % completion.n),
@@ -89,21 +85,14 @@ async def create_completion(request: Request, ctx: ApiContext) -> Response:
                 session_key=completion.user or "",
                 priority=completion.priority,
             )
-        )
-        for c in choices
-    ]
+            for c in choices
+        ],
+    )
     completion_id = new_id("cmpl-")
-    try:
-        if completion.stream:
-            return await streaming_response(
-                _sse_frames(completion, choices, streams, completion_id)
-            )
-        usage = await unless_disconnected(request, _collect(choices, streams))
-        return JSONResponse(_completion_json(completion, choices, completion_id, usage))
-    finally:
-        if not completion.stream:
-            for choice in choices:
-                choice.tracker.close()
+    if completion.stream:
+        return await streaming_response(_sse_frames(completion, choices, streams, completion_id))
+    usage = await unless_disconnected(request, _collect(choices, streams))
+    return JSONResponse(_completion_json(completion, choices, completion_id, usage))
 
 
 def _prompts(completion: CompletionRequest) -> list[list[int]]:
@@ -126,7 +115,7 @@ def _prompts(completion: CompletionRequest) -> list[list[int]]:
 
 
 async def _collect(
-    choices: list[TextChoice], streams: list[AsyncIterator[TokenChunk]]
+    choices: list[TextChoice], streams: Sequence[AsyncIterator[TokenChunk]]
 ) -> inference_pb2.Usage:
     async for index, chunk in merged(streams):
         choices[index].absorb(chunk)
@@ -182,52 +171,48 @@ def _text_usage(usage: inference_pb2.Usage) -> dict[str, Any]:
 async def _sse_frames(
     completion: CompletionRequest,
     choices: list[TextChoice],
-    streams: list[AsyncIterator[TokenChunk]],
+    streams: Sequence[AsyncIterator[TokenChunk]],
     completion_id: str,
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     model = completion.model or "default"
     include_usage = bool(completion.stream_options and completion.stream_options.include_usage)
     offsets = [0] * len(choices)
-    try:
-        async for index, chunk in merged(streams):
-            choice = choices[index]
-            piece = choice.absorb(chunk)
-            logprobs = (
-                completion_logprobs(chunk.logprobs, offsets[index])
-                if completion.logprobs is not None
-                else None
-            )
-            offsets[index] += len(piece)
-            frame: dict[str, Any] = {
+    async for index, chunk in merged(streams):
+        choice = choices[index]
+        piece = choice.absorb(chunk)
+        logprobs = (
+            completion_logprobs(chunk.logprobs, offsets[index])
+            if completion.logprobs is not None
+            else None
+        )
+        offsets[index] += len(piece)
+        frame: dict[str, Any] = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": model,
+            "choices": [
+                {
+                    "index": choice.index,
+                    "text": piece,
+                    "logprobs": logprobs,
+                    "finish_reason": choice.finish_reason or None,
+                }
+            ],
+        }
+        if include_usage:
+            frame["usage"] = None
+        yield sse(frame)
+    if include_usage:
+        yield sse(
+            {
                 "id": completion_id,
                 "object": "text_completion",
                 "created": created,
                 "model": model,
-                "choices": [
-                    {
-                        "index": choice.index,
-                        "text": piece,
-                        "logprobs": logprobs,
-                        "finish_reason": choice.finish_reason or None,
-                    }
-                ],
+                "choices": [],
+                "usage": _text_usage(_usage(choices)),
             }
-            if include_usage:
-                frame["usage"] = None
-            yield sse(frame)
-        if include_usage:
-            yield sse(
-                {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": _text_usage(_usage(choices)),
-                }
-            )
-        yield DONE
-    finally:
-        for choice in choices:
-            choice.tracker.close()
+        )
+    yield DONE

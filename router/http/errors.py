@@ -72,14 +72,13 @@ def from_request_error(err: RequestError) -> ApiError:
     headers = {}
     if isinstance(err, Overloaded):
         headers["Retry-After"] = err.retry_after_header
-    code = {429: "overloaded", 503: "unavailable", 404: "model_not_found"}.get(err.http_status)
     # the pipeline names sampling fields as in its protobuf (`sampling.x`); here they are top-level
     param = err.field.removeprefix(SAMPLING_PREFIX) if err.field else None
     return ApiError(
         err.http_status,
         err.message.replace(SAMPLING_PREFIX, ""),
         param=param,
-        code=code,
+        code=err.code,
         error_type=err.error_type,
         headers=headers,
     )

@@ -45,7 +45,7 @@ class UnloadLoRAAdapterRequest(_AdminBody):
 
 async def load_lora_adapter(request: Request, ctx: ApiContext) -> Response:
     _authenticate_admin(request, ctx)
-    body = parse_body(LoadLoRAAdapterRequest, await read_json(request, ctx.limits.max_body_bytes))
+    body = parse_body(LoadLoRAAdapterRequest, await read_json(request, ctx.max_body_bytes))
     name = body.lora_name
     _check_name(name)
     view = ctx.pipeline.view
@@ -78,7 +78,7 @@ async def load_lora_adapter(request: Request, ctx: ApiContext) -> Response:
 
 async def unload_lora_adapter(request: Request, ctx: ApiContext) -> Response:
     _authenticate_admin(request, ctx)
-    body = parse_body(UnloadLoRAAdapterRequest, await read_json(request, ctx.limits.max_body_bytes))
+    body = parse_body(UnloadLoRAAdapterRequest, await read_json(request, ctx.max_body_bytes))
     name = body.lora_name
     _check_name(name)
     orders = await read_orders(ctx.redis, ctx.keys)

@@ -5,7 +5,8 @@ non-streamed or as the Responses streaming events."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import Request
@@ -13,9 +14,9 @@ from fastapi.responses import JSONResponse, Response
 
 from oss_serve.harmony import HarmonyRequestError, render_responses_request
 from oss_serve.protos import inference_pb2
-from oss_serve.router.chat import ChatChunk, stream_harmony
-from oss_serve.router.http.chat_api import check_counts, options_of
-from oss_serve.router.http.context import ApiContext, RequestTracker
+from oss_serve.router.chat import ChatChunk, harmony_plan, open_chat
+from oss_serve.router.http.chat_api import options_of
+from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.errors import ApiError, invalid
 from oss_serve.router.http.models import ResponsesRequest
 from oss_serve.router.http.openai_json import new_id, responses_usage
@@ -204,43 +205,30 @@ def _text_done(kind: str, item: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 async def create_response(request: Request, ctx: ApiContext, store: ResponseStore) -> Response:
-    started_s = time.monotonic()
-    key = await ctx.authenticate(request)
-    body = await read_json(request, ctx.limits.max_body_bytes)
+    caller = await ctx.authenticate(request)
+    body = await read_json(request, ctx.max_body_bytes)
     req = parse_body(ResponsesRequest, body)
     if req.background:
         raise invalid("background responses are not supported", "background")
     items = await _input_items(req, store)
-    check_counts(1, len(items), len(req.tools or ()), ctx)
-    render_body = {**body, "input": items}
+    ctx.pipeline.limits.check_counts(messages=len(items), tools=len(req.tools or ()))
     try:
-        prompt = render_responses_request(render_body)
+        prompt = render_responses_request({**body, "input": items})
     except HarmonyRequestError as err:
         raise invalid(str(err), err.field) from err
-    structured = responses_structured_output(body)
-    if structured is not None and req.min_tokens:
-        raise invalid("min_tokens cannot be combined with structured outputs", "min_tokens")
-    sampling = sampling_params(req, max_tokens=req.max_output_tokens, logprobs=None)
-    await ctx.admit(key, len(prompt))
-    tracker = ctx.track(key, req.model, started_s)
-    stream = stream_harmony(
-        ctx.pipeline,
+    plan = harmony_plan(
         prompt,
-        sampling,
-        options_of(req),
-        function_names=[t["name"] for t in req.tools or () if isinstance(t.get("name"), str)],
+        sampling_params(req, max_tokens=req.max_output_tokens, logprobs=None),
+        responses_structured_output(body),
+        [t["name"] for t in req.tools or () if isinstance(t.get("name"), str)],
         session_key=req.user or "",
-        structured_output=structured,
-        on_tokens=tracker.on_tokens,
     )
+    [stream] = await open_chat(ctx.pipeline, caller, plan, options_of(req))
     response = _response_json(req, new_id("resp_"), "in_progress")
-    run = _Run(req, response, items, tracker, store)
+    run = _Run(req, response, items, store)
     if req.stream:
         return await streaming_response(run.events(stream))
-    try:
-        await unless_disconnected(request, run.collect(stream))
-    finally:
-        tracker.close()
+    await unless_disconnected(request, run.collect(stream))
     return JSONResponse(response)
 
 
@@ -288,13 +276,11 @@ class _Run:
         req: ResponsesRequest,
         response: dict[str, Any],
         items: list[dict[str, Any]],
-        tracker: RequestTracker,
         store: ResponseStore,
     ) -> None:
         self.req = req
         self.response = response
         self.items = items
-        self.tracker = tracker
         self.store = store
         self.output = OutputItems()
         self.sequence = 0
@@ -304,18 +290,19 @@ class _Run:
         self.sequence += 1
         return sse(event, event["type"])
 
-    async def collect(self, stream: AsyncIterator[ChatChunk]) -> None:
-        async for chunk in stream:
-            self.output.feed(chunk)
-            if chunk.finish_reason:
-                self._finish(chunk)
+    async def collect(self, stream: AsyncGenerator[ChatChunk, None]) -> None:
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
+                self.output.feed(chunk)
+                if chunk.finish_reason:
+                    self._finish(chunk)
         self.output.close()
         await self._save()
 
-    async def events(self, stream: AsyncIterator[ChatChunk]) -> AsyncIterator[bytes]:
-        try:
-            first = True
-            async for chunk in stream:
+    async def events(self, stream: AsyncGenerator[ChatChunk, None]) -> AsyncIterator[bytes]:
+        first = True
+        async with aclosing(stream) as chunks:
+            async for chunk in chunks:
                 if first:
                     first = False
                     yield self._event({"type": "response.created", "response": dict(self.response)})
@@ -328,18 +315,15 @@ class _Run:
                     for event in self.output.close():
                         yield self._event(event)
                     self._finish(chunk)
-            await self._save()
-            kind = (
-                "response.completed"
-                if self.response["status"] == "completed"
-                else "response.incomplete"
-            )
-            yield self._event({"type": kind, "response": self.response})
-        finally:
-            self.tracker.close()
+        await self._save()
+        kind = (
+            "response.completed"
+            if self.response["status"] == "completed"
+            else "response.incomplete"
+        )
+        yield self._event({"type": kind, "response": self.response})
 
     def _finish(self, chunk: ChatChunk) -> None:
-        self.tracker.finish(chunk.finish_reason, chunk.usage)
         response = self.response
         response["output"] = self.output.items
         response["usage"] = responses_usage(chunk.usage or inference_pb2.Usage())

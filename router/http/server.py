@@ -12,13 +12,10 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from oss_serve.common.logging import get_logger
+from oss_serve.common.security import TlsFiles
 from oss_serve.common.settings import Settings
-from oss_serve.router.auth.keys import ApiKeyStore, Authenticator
-from oss_serve.router.auth.limits import RateLimiter
-from oss_serve.router.auth.usage import UsageRecorder
 from oss_serve.router.http.app import create_app
-from oss_serve.router.http.context import ApiContext, ApiLimits
-from oss_serve.router.metrics import RouterMetrics
+from oss_serve.router.http.context import ApiContext
 from oss_serve.streams.keys import RedisKeys
 
 if TYPE_CHECKING:
@@ -30,34 +27,15 @@ log = get_logger(__name__)
 
 
 def api_context(router: RouterServer, settings: Settings) -> ApiContext:
-    """Auth, limits, usage and metrics around the router's pipeline."""
+    """The routes' view of the router: its pipeline (and gate), Redis, metrics."""
     if router.pipeline is None:
         raise RuntimeError("start the router before its HTTP API")
-    keys = RedisKeys(settings.redis_namespace)
-    local_key = settings.api_key.get_secret_value() if settings.api_key else None
-    authenticator = Authenticator(
-        ApiKeyStore(router.redis, keys),
-        local_key=local_key,
-        required=settings.require_api_key,
-        local_requests_per_min=settings.api_key_requests_per_min,
-        local_tokens_per_min=settings.api_key_tokens_per_min,
-    )
-    view = router.view
     return ApiContext(
         pipeline=router.pipeline,
         redis=router.redis,
-        keys=keys,
-        authenticator=authenticator,
-        limiter=RateLimiter(router.redis, keys),
-        usage=UsageRecorder(router.redis, keys),
-        metrics=RouterMetrics(lambda: view.replicas),
-        limits=ApiLimits(
-            max_body_bytes=settings.max_request_body_bytes,
-            max_messages=settings.max_request_messages,
-            max_tools=settings.max_request_tools,
-            max_n=settings.max_request_n,
-            response_ttl_s=settings.response_store_ttl_s,
-        ),
+        keys=RedisKeys(settings.redis_namespace),
+        metrics=router.metrics,
+        response_ttl_s=settings.response_store_ttl_s,
         admin_api_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
     )
 
@@ -69,9 +47,10 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> None:
         self.app = app
         self.host = host
+        self.tls = tls if tls is not None and tls.serves_tls else None
         self._socket = _bind(host, port)
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
@@ -81,13 +60,16 @@ class HttpServer:
             log_level="warning",
             timeout_keep_alive=30,
             timeout_graceful_shutdown=5,
+            ssl_certfile=self.tls.cert_path if self.tls else None,
+            ssl_keyfile=self.tls.key_path if self.tls else None,
         )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
@@ -125,7 +107,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def start_http_api(router: RouterServer, settings: Settings) -> HttpServer:
     server = HttpServer(
-        create_app(api_context(router, settings)), settings.host, settings.http_port
+        create_app(api_context(router, settings)),
+        settings.host,
+        settings.http_port,
+        TlsFiles.from_settings(settings),
     )
     await server.start()
     return server

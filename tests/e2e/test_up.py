@@ -191,7 +191,8 @@ def test_the_readme_quick_start_examples_work_as_pasted(up: UpProcess):
 
 def test_grpc_generate_answers_on_the_printed_address(up: UpProcess):
     prompt = [200006, 1428, 200008]  # <|start|>user<|message|>
-    tokens, finish_reason, _ = generate(f"127.0.0.1:{up.grpc_port}", prompt, max_tokens=4)
+    address = f"127.0.0.1:{up.grpc_port}"
+    tokens, finish_reason, _ = generate(address, prompt, max_tokens=4, api_key=up.api_key())
     assert len(tokens) == 4 and finish_reason == "length"
 
 

@@ -21,7 +21,13 @@ from oss_serve.workers.training.demo_model import ensure_demo_model
 from tests.e2e.test_up import MODEL, READY_TIMEOUT_S
 from tests.e2e.up_process import UpProcess, left_behind
 from tests.router.servers import RedisServer
-from tests.router.stack import generate, prefix_queries, start_router, wait_for_router
+from tests.router.stack import (
+    generate,
+    key_metadata,
+    prefix_queries,
+    start_router,
+    wait_for_router,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains the demo model
 
@@ -42,20 +48,26 @@ PROMPTS = [  # user turns the demo model answers, and two raw token runs
     [7] * 33,
 ]
 MAX_TOKENS = 24
+API_KEY = "sk-two-routers-test-key"
+CLUSTER_TOKEN = "oss-cluster-two-routers-test-token"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("two-routers")
     namespace = f"two-routers-{uuid.uuid4().hex[:6]}"
-    env = {"OSS_SERVE_REDIS_NAMESPACE": namespace}
+    env = {"OSS_SERVE_REDIS_NAMESPACE": namespace, "OSS_SERVE_CLUSTER_TOKEN": CLUSTER_TOKEN}
     server = RedisServer(folder / "redis").start()
-    up = UpProcess(folder / "up", "--replicas", "2", "--redis-url", server.url, env=env)
+    up = UpProcess(
+        folder / "up", "--replicas", "2", "--redis-url", server.url, "--api-key", API_KEY, env=env
+    )
     second = None
     try:
         up.start().wait_ready(READY_TIMEOUT_S)
-        second, address = start_router(server.url, namespace, folder, "router-b")
-        wait_for_router(address)
+        second, address = start_router(
+            server.url, namespace, folder, "router-b", extra_args=["--api-key", API_KEY], env=env
+        )
+        wait_for_router(address, api_key=API_KEY)
         yield {
             "up": up,
             "addresses": [f"127.0.0.1:{up.grpc_port}", address],
@@ -88,7 +100,9 @@ def test_generate_through_either_router_equals_the_single_process_engine(cluster
         sampling = inference_pb2.SamplingParams(
             temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True
         )
-        tokens, finish, _ = generate(address, prompt, sampling=sampling, timeout_s=120)
+        tokens, finish, _ = generate(
+            address, prompt, sampling=sampling, timeout_s=120, api_key=API_KEY
+        )
         assert finish == "length"
         return tokens
 
@@ -112,7 +126,9 @@ def test_chat_completion_gives_the_same_answer_on_both_routers(cluster):
     for address in cluster["addresses"]:
         with grpc.insecure_channel(address) as channel:
             chunks = list(
-                inference_pb2_grpc.InferenceStub(channel).ChatCompletion(request, timeout=120)
+                inference_pb2_grpc.InferenceStub(channel).ChatCompletion(
+                    request, timeout=120, metadata=key_metadata(API_KEY)
+                )
             )
         content = "".join(c.content for c in chunks)
         reasoning = "".join(c.reasoning for c in chunks)

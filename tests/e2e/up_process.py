@@ -35,9 +35,10 @@ class UpProcess:
         self.folder = folder
         self.http_port = free_port()
         self.grpc_port = free_port()
+        self.link_port = free_port()
         self.args = [
             *OSS_SERVE, "up", "--http-port", str(self.http_port),
-            "--grpc-port", str(self.grpc_port), *args,
+            "--grpc-port", str(self.grpc_port), "--link-port", str(self.link_port), *args,
         ]  # fmt: skip
         self.env = {**os.environ, **(env or {})}
         self.stdout_path = folder / "up.out"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from oss_serve.cluster.launch.local_redis import LocalRedis, RedisNotFoundError, free_port
 
@@ -17,9 +17,11 @@ __all__ = ["RedisServer", "child_env", "free_port", "redis_server"]
 class RedisServer(LocalRedis):
     """The project's LocalRedis, restartable on the same port; skips the test without a binary."""
 
-    def __init__(self, folder: Path, *, appendonly: bool = True) -> None:
+    def __init__(
+        self, folder: Path, *, appendonly: bool = True, password: str | None = None
+    ) -> None:
         try:
-            super().__init__(folder, appendonly=appendonly)
+            super().__init__(folder, appendonly=appendonly, password=password)
         except RedisNotFoundError as error:
             pytest.skip(str(error))
 
@@ -29,9 +31,7 @@ class RedisServer(LocalRedis):
         self.start()
 
     def flush(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            sock.recv(64)
+        redis.Redis.from_url(self.url).flushall()
 
 
 @pytest.fixture(scope="module")

@@ -20,11 +20,13 @@ from tests.router.servers import free_port
 
 OSS_SERVE = [sys.executable, "-m", "oss_serve.cli"]
 TINY_MODEL = "gpt-oss-tiny"
+CLUSTER_TOKEN = "oss-cluster-test-token-of-the-router-tests"
 FAST_HEARTBEATS = {
     "OSS_SERVE_HEARTBEAT_INTERVAL_S": "0.2",
     "OSS_SERVE_HEARTBEAT_TTL_S": "1.0",
     "OSS_SERVE_KV_SNAPSHOT_INTERVAL_S": "0.2",
     "OSS_SERVE_LOG_FORMAT": "json",
+    "OSS_SERVE_CLUSTER_TOKEN": CLUSTER_TOKEN,
 }
 
 
@@ -104,6 +106,8 @@ def start_router(
         redis_url,
         "--grpc-port",
         str(port),
+        "--link-port",
+        "0",
         "--http-port",
         "0",
         *extra_args,
@@ -139,14 +143,34 @@ def wait_for_replicas(
     raise TimeoutError(f"replicas {wanted} did not register")
 
 
-def wait_for_router(address: str, replicas: int = 1, timeout_s: float = 30) -> None:
+def key_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata presenting an API key (none when `api_key` is None)."""
+    return () if api_key is None else (("authorization", f"Bearer {api_key}"),)
+
+
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel with the official client, over TLS when `credentials` are given."""
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    return grpc.secure_channel(address, credentials)
+
+
+def wait_for_router(
+    address: str,
+    replicas: int = 1,
+    timeout_s: float = 30,
+    *,
+    api_key: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     """Until the router answers ListModels and sees `replicas` replicas' model."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = inference_pb2_grpc.InferenceStub(channel)
+    with channel(address, credentials) as open_channel:
+        stub = inference_pb2_grpc.InferenceStub(open_channel)
+        request = inference_pb2.ListModelsRequest()
         while time.monotonic() < deadline:
             try:
-                if stub.ListModels(inference_pb2.ListModelsRequest(), timeout=1).models:
+                if stub.ListModels(request, timeout=1, metadata=key_metadata(api_key)).models:
                     return
             except grpc.RpcError:
                 pass
@@ -163,6 +187,8 @@ def generate(
     timeout_s: float = 60,
     on_chunk: object = None,
     sampling: inference_pb2.SamplingParams | None = None,
+    api_key: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> tuple[list[int], str, list[inference_pb2.GenerateResponse]]:
     """Generate (greedy unless `sampling` is given); returns (token ids, finish reason,
     the raw chunks)."""
@@ -172,8 +198,9 @@ def generate(
         options=inference_pb2.RequestOptions(session_key=session_key),
     )
     chunks = []
-    with grpc.insecure_channel(address) as channel:
-        for chunk in inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=timeout_s):
+    with channel(address, credentials) as open_channel:
+        stub = inference_pb2_grpc.InferenceStub(open_channel)
+        for chunk in stub.Generate(request, timeout=timeout_s, metadata=key_metadata(api_key)):
             chunks.append(chunk)
             if callable(on_chunk):
                 on_chunk(chunk)

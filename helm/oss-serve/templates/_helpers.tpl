@@ -117,6 +117,22 @@ $(VAR) expansion, so that no secret value is ever rendered.
 - name: OSS_SERVE_REDIS_URL
   value: "redis://:$(OSS_SERVE_REDIS_PASSWORD)@{{ include "oss-serve.redisName" . }}:{{ .Values.redis.internal.port }}/0"
 {{- end }}
+- name: OSS_SERVE_CLUSTER_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.security.clusterToken.existingSecret }}
+      key: {{ .Values.security.clusterToken.key }}
+{{- if .Values.security.tls.enabled }}
+{{- $dir := .Values.security.tls.mountPath }}
+- name: OSS_SERVE_TLS_CERT
+  value: {{ printf "%s/tls.crt" $dir | quote }}
+- name: OSS_SERVE_TLS_KEY
+  value: {{ printf "%s/tls.key" $dir | quote }}
+- name: OSS_SERVE_TLS_CA
+  value: {{ printf "%s/ca.crt" $dir | quote }}
+- name: OSS_SERVE_TLS_SERVER_NAME
+  value: {{ .Values.security.tls.serverName | quote }}
+{{- end }}
 - name: OSS_SERVE_REDIS_NAMESPACE
   value: {{ .Values.settings.redisNamespace | quote }}
 - name: OSS_SERVE_LOG_LEVEL
@@ -209,6 +225,12 @@ affinity:
 - name: tmp
   emptyDir:
     sizeLimit: 8Gi
+{{- if $root.Values.security.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ $root.Values.security.tls.replicaSecret }}
+    defaultMode: 0440
+{{- end }}
 - name: models
 {{- if eq $root.Values.model.weights.source "pvc" }}
   persistentVolumeClaim:
@@ -228,6 +250,11 @@ affinity:
 - name: models
   mountPath: {{ .Values.model.weights.mountPath }}
   readOnly: true
+{{- if .Values.security.tls.enabled }}
+- name: tls
+  mountPath: {{ .Values.security.tls.mountPath }}
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* The init container that fills the weights volume, when weights.source=initContainer. */}}

@@ -4,6 +4,7 @@ name, the key, the ports; and what its banner shows (a generated key once, a giv
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 
 import pytest
 from pydantic import SecretStr
@@ -122,3 +123,30 @@ def test_the_banner_never_echoes_a_key_the_user_gave():
 def test_without_a_key_the_examples_send_none():
     text = banner_text(endpoints(None, generated=False))
     assert "Authorization" not in text and 'api_key="none"' in text
+
+
+def test_a_cluster_token_is_generated_for_the_run_unless_given(tmp_path):
+    first = plan_launch(settings(), 1, demo_model=tmp_path, demo_name="oss-serve-demo")
+    second = plan_launch(settings(), 1, demo_model=tmp_path, demo_name="oss-serve-demo")
+    tokens = [p.settings.cluster_token.get_secret_value() for p in (first, second)]  # type: ignore[union-attr]
+    assert first.cluster_token_generated and tokens[0] != tokens[1] and len(tokens[0]) > 40
+    given = plan_launch(
+        settings(cluster_token=SecretStr("oss-cluster-mine")),
+        1,
+        demo_model=tmp_path,
+        demo_name="oss-serve-demo",
+    )
+    assert not given.cluster_token_generated
+    assert given.settings.cluster_token.get_secret_value() == "oss-cluster-mine"  # type: ignore[union-attr]
+
+
+def test_the_link_port_must_differ_from_the_public_ports():
+    with pytest.raises(LaunchError, match="--grpc-port and --link-port are both 9998"):
+        check_ports(settings(grpc_port=9998, link_port=9998))
+
+
+def test_the_banner_shows_a_generated_cluster_token_once_and_never_a_given_one():
+    base = endpoints(None, generated=False)
+    generated = banner_text(replace(base, cluster_token="oss-cluster-generated-abc"))
+    assert generated.count("export OSS_SERVE_CLUSTER_TOKEN=oss-cluster-generated-abc") == 1
+    assert "oss-cluster" not in banner_text(base)

@@ -22,6 +22,7 @@ from oss_serve.common.settings import Settings
 from oss_serve.router.http.server import HttpServer, start_http_api
 from oss_serve.router.server import RouterServer
 from tests.router.servers import RedisServer
+from tests.router.stack import CLUSTER_TOKEN
 
 T = TypeVar("T")
 TINY_MODEL = "gpt-oss-tiny"
@@ -44,6 +45,7 @@ class ReplicaProcess:
         env = dict(os.environ)
         env.update(FAST_HEARTBEATS)
         env.update({"OMP_NUM_THREADS": "1", "OSS_SERVE_LOG_FORMAT": "json"})
+        env["OSS_SERVE_CLUSTER_TOKEN"] = CLUSTER_TOKEN
         env["OSS_SERVE_REDIS_NAMESPACE"] = namespace
         self.log_path = folder / f"{replica_id}.log"
         self._log = self.log_path.open("wb")
@@ -137,6 +139,7 @@ def router_settings(redis_url: str, namespace: str, **overrides: Any) -> Setting
         "grpc_port": 0,
         "http_port": 0,
         "api_key": API_KEY,
+        "cluster_token": CLUSTER_TOKEN,
         "max_request_body_bytes": MAX_BODY_BYTES,
         "max_request_messages": 64,
         "max_request_tools": 16,

@@ -1,12 +1,15 @@
 """Fuzzing the API's validation layer against the real app (in-process router, real Redis,
 real replica): >= 2,000 bodies of malformed JSON, wrong types, huge values and unicode.
-Never a 5xx, never a hang (every call has a timeout), and the server keeps serving.
+Never a 5xx, never a hang (every call has a timeout), the server keeps serving, and each
+run sees the mix of statuses its bodies call for (a regression that answers everything
+with 400, or 401, or serves what it should refuse, changes the mix and fails).
 
 Bodies that happen to be valid generate at most a couple of tokens, so the run stays fast."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -18,7 +21,6 @@ from tests.router.http.stack import API_KEY, MAX_BODY_BYTES, TINY_MODEL
 
 pytestmark = [pytest.mark.integration]
 TIMEOUT_S = 30.0
-STATUSES_SEEN: dict[int, int] = {}
 
 scalars = st.one_of(
     st.none(),
@@ -196,15 +198,13 @@ def http(stack):
         timeout=TIMEOUT_S,
     ) as client:
         yield client
-    print("statuses seen:", dict(sorted(STATUSES_SEEN.items())))
 
 
-def _post(http: httpx.Client, path: str, content: bytes, *, stream: bool = False) -> None:
+def _post(http: httpx.Client, path: str, content: bytes) -> int:
     headers = {"Content-Type": "application/json"}
     with http.stream("POST", path, content=content, headers=headers) as response:
         status = response.status_code
         body = response.read()  # a stream must end: the read would time out on a hang
-    STATUSES_SEEN[status] = STATUSES_SEEN.get(status, 0) + 1
     assert status < 500, f"{status} for {content[:300]!r}: {body[:500]!r}"
     if status >= 400:
         error = json.loads(body)["error"]
@@ -215,6 +215,7 @@ def _post(http: httpx.Client, path: str, content: bytes, *, stream: bool = False
             or b"response.completed" in body
             or b"response.incomplete" in body
         )
+    return status
 
 
 def _encode(body: Any) -> bytes:
@@ -233,27 +234,41 @@ FUZZ = settings(
 )
 
 
-@FUZZ
-@given(body=chat_bodies)
-def test_chat_bodies_never_5xx(http, body):
-    _post(http, "/chat/completions", _encode(body))
+def _fuzz(
+    http: httpx.Client, bodies: st.SearchStrategy, paths: st.SearchStrategy, examples: int
+) -> Counter[int]:
+    """POST every example; the statuses seen."""
+    seen: Counter[int] = Counter()
+
+    @FUZZ.__class__(FUZZ, max_examples=examples)
+    @given(content=bodies, path=paths)
+    def fuzz(content: bytes, path: str) -> None:
+        seen[_post(http, path, content)] += 1
+
+    fuzz()
+    print(f"statuses seen on {examples} bodies:", dict(sorted(seen.items())))
+    assert sum(seen.values()) == examples
+    assert seen[401] == 0, "every body carried the key"
+    return seen
 
 
-@FUZZ.__class__(FUZZ, max_examples=450)
-@given(body=responses_bodies)
-def test_responses_bodies_never_5xx(http, body):
-    _post(http, "/responses", _encode(body))
+def test_chat_bodies_never_5xx(http):
+    seen = _fuzz(http, chat_bodies.map(_encode), st.just("/chat/completions"), 900)
+    assert seen[200] >= 20 and seen[400] >= 450 and seen[200] + seen[400] >= 800
 
 
-@FUZZ.__class__(FUZZ, max_examples=350)
-@given(body=completion_bodies)
-def test_completion_bodies_never_5xx(http, body):
-    _post(http, "/completions", _encode(body))
+def test_responses_bodies_never_5xx(http):
+    seen = _fuzz(http, responses_bodies.map(_encode), st.just("/responses"), 450)
+    assert seen[200] >= 15 and seen[400] >= 200
 
 
-@FUZZ.__class__(FUZZ, max_examples=350)
-@given(
-    raw=st.one_of(
+def test_completion_bodies_never_5xx(http):
+    seen = _fuzz(http, completion_bodies.map(_encode), st.just("/completions"), 350)
+    assert seen[200] >= 20 and seen[400] >= 150
+
+
+def test_malformed_json_never_5xx(http):
+    raw = st.one_of(
         st.binary(max_size=200),
         st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
         st.sampled_from(
@@ -270,11 +285,10 @@ def test_completion_bodies_never_5xx(http, body):
                 b'{"messages":[{"role":"user","content":"\\ud800"}],"max_tokens":1}',
             ]
         ),
-    ),
-    path=st.sampled_from(["/chat/completions", "/responses", "/completions"]),
-)
-def test_malformed_json_never_5xx(http, raw, path):
-    _post(http, path, raw)
+    )
+    paths = st.sampled_from(["/chat/completions", "/responses", "/completions"])
+    seen = _fuzz(http, raw, paths, 350)
+    assert seen[400] >= 340  # nothing here is a valid request
 
 
 def test_oversized_body_is_413_and_the_server_keeps_serving(http):

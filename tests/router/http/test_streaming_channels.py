@@ -17,6 +17,7 @@ from oss_serve.harmony import render_chat_request
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
 from oss_serve.router.structured_output import chat_structured_output
 from tests.router.http.stack import API_KEY, TINY_MODEL
+from tests.router.stack import key_metadata
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 SEEDS = range(12)
@@ -47,7 +48,8 @@ def _reference(stack, body: dict) -> tuple[str, str]:
     )
     assert stack.router.router is not None
     with grpc.insecure_channel(stack.router.router.address) as channel:
-        chunks = list(inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=60))
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        chunks = list(stub.Generate(request, timeout=60, metadata=key_metadata(API_KEY)))
     tokens = [t for c in chunks for t in c.token_ids]
     use_vocab_dir()  # openai-harmony reads the local vocabulary
     parser = StreamableParser(
