@@ -23,6 +23,7 @@ from oss_serve.workers.lora.peft_format import ADAPTER_CONFIG, write_adapter
 from oss_serve.workers.lora.synthetic import random_adapter
 from oss_serve.workers.model.config import PRESETS
 from tests.router.http.stack import API_KEY, TINY_MODEL, Stack
+from tests.router.stack import key_metadata
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ADMIN_KEY = "sk-admin-test"
@@ -66,7 +67,11 @@ def _grpc_tokens(stack, model: str) -> list[int]:
         sampling=inference_pb2.SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True),
     )
     with grpc.insecure_channel(address) as channel:
-        chunks = list(inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=60))
+        chunks = list(
+            inference_pb2_grpc.InferenceStub(channel).Generate(
+                request, timeout=60, metadata=key_metadata(API_KEY)
+            )
+        )
     return [t for chunk in chunks for t in chunk.token_ids]
 
 
@@ -88,7 +93,7 @@ def test_adapters_are_listed_with_their_parent_on_http_and_grpc(lora_stack):
     address = f"127.0.0.1:{lora_stack.router.router.port}"
     with grpc.insecure_channel(address) as channel:
         listed = inference_pb2_grpc.InferenceStub(channel).ListModels(
-            inference_pb2.ListModelsRequest(), timeout=10
+            inference_pb2.ListModelsRequest(), timeout=10, metadata=key_metadata(API_KEY)
         )
     assert {(m.id, m.parent) for m in listed.models} == {(TINY_MODEL, ""), ("tiny-a", TINY_MODEL)}
 
