@@ -111,12 +111,14 @@ def _launches() -> list[tuple[str, Callable[[], object]]]:
     from . import (
         triton_attention,
         triton_kv,
+        triton_lora,
         triton_moe,
         triton_mxfp4,
         triton_norm,
         triton_rope,
         triton_sampling,
     )
+    from .lora import LoRAWeights
 
     bf16 = torch.bfloat16
     tokens, q_heads, kv_heads, head_dim, hidden, experts = 8, 16, 2, 64, 128, 8
@@ -216,6 +218,20 @@ def _launches() -> list[tuple[str, Callable[[], object]]]:
         ("rms_norm", partial(triton_norm.rms_norm, x, torch.ones(hidden), 1e-5)),
         ("add_rms_norm", partial(triton_norm.add_rms_norm, x, x, torch.ones(hidden), 1e-5)),
         ("rope_qk_", partial(triton_rope.rope_qk_, q, k, cos, cos)),
+        (
+            "add_lora",
+            partial(
+                triton_lora.add_lora,
+                torch.zeros(tokens, hidden, dtype=bf16),
+                x,
+                LoRAWeights(
+                    torch.zeros(2, 16, hidden, dtype=bf16),
+                    torch.zeros(2, hidden, 16, dtype=bf16),
+                    torch.zeros(2),
+                ),
+                torch.zeros(tokens, dtype=torch.int32),
+            ),
+        ),
         (
             "top_k_top_p",
             partial(
