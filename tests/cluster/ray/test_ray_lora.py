@@ -11,7 +11,7 @@ from oss_serve import LLM, SamplingParams
 from oss_serve.workers.lora.peft_format import write_adapter
 from oss_serve.workers.lora.request import LoRARequest
 from oss_serve.workers.lora.synthetic import random_adapter
-from tests.cluster.ray.ray_replicas import write_checkpoint
+from tests.cluster.ray.ray_engines import write_checkpoint
 from tests.cluster.ray.test_ray_tp_ep import CONFIG
 from tests.cluster.ray.test_ray_tp_ep import ENGINE_ARGS as TP_EP_ENGINE_ARGS
 
