@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from oss_serve.benchmarks import roofline
+from oss_serve.benchmarks import oss_serve_memory, roofline, vllm_memory
 from oss_serve.benchmarks.gpu_catalog import GIB, KIB, GPUSpec, get_gpu, weights_path
 from oss_serve.benchmarks.planner import (
-    DRIVER_RESERVED_BYTES,
-    SAMPLER_BYTES_PER_LOGIT,
     MemoryPlan,
     ModelShape,
     PlanOptions,
@@ -105,7 +103,7 @@ class Deployment:
 
 def build_deployment(model: str, gpu_name: str | GPUSpec, options: PlanOptions) -> Deployment:
     gpu = gpu_name if isinstance(gpu_name, GPUSpec) else get_gpu(gpu_name)
-    path = weights_path(gpu, options.weights)
+    path = weights_path(gpu, options.weights, options.moe_backend)
     shape = model_shape(model, path.storage_format)
     memory = plan_memory(shape, gpu, options)
     usd_per_gpu_hour = (
@@ -159,11 +157,24 @@ def plan_deployment(model: str, gpu_name: str | GPUSpec, options: PlanOptions) -
             "hbm_efficiency": roofline.HBM_EFFICIENCY,
             "matmul_efficiency": roofline.MATMUL_EFFICIENCY,
             "layer_overhead_us": roofline.LAYER_OVERHEAD_S * 1e6,
-            "driver_reserved_mib": DRIVER_RESERVED_BYTES / (1 << 20),
-            "sampler_bytes_per_logit": SAMPLER_BYTES_PER_LOGIT,
+            "memory": _memory_assumptions(options),
             "price_source": "--price-per-hour" if options.price_per_hour is not None else "catalog",
             "workload_tokens": {"input": options.input_len, "output": options.output_len},
         },
+    }
+
+
+def _memory_assumptions(options: PlanOptions) -> dict[str, Any]:
+    """The engine model's constants, printed with every plan."""
+    mib = 1 << 20
+    if options.engine == "oss-serve":
+        return {"cuda_context_mib": oss_serve_memory.CUDA_CONTEXT_BYTES / mib}
+    return {
+        "sampler_bytes_per_logit": vllm_memory.SAMPLER_BYTES_PER_LOGIT,
+        "non_torch_mib": vllm_memory.NON_TORCH_BYTES / mib,
+        "tp_collective_mib": vllm_memory.TP_COLLECTIVE_BYTES / mib,
+        "model_buffers_mib": vllm_memory.MODEL_BUFFERS_BYTES / mib,
+        "cuda_graphs": "captured after the KV cache is sized (vLLM < 0.21)",
     }
 
 
@@ -179,7 +190,7 @@ def markdown_plan(plan: dict[str, Any]) -> str:
         "",
         f"**{plan['message']}**",
         "",
-        f"Weights path: {plan['weights_path']}.",
+        f"Engine: {plan['engine']}. Weights path: {plan['weights_path']}.",
         "",
         "| per GPU | |",
         "| --- | ---: |",
@@ -187,8 +198,9 @@ def markdown_plan(plan: dict[str, Any]) -> str:
         f"| usable at utilization {plan['options']['gpu_memory_utilization']:g} "
         f"| {_gib(plan['usable_bytes_per_gpu'])} |",
         f"| weights ({plan['weights_format']}) | {_gib(plan['weights_bytes_per_gpu'])} |",
-        f"| activation peak (profiling) | {_gib(plan['activation_bytes_per_gpu'])} |",
-        f"| non-torch (NCCL, workspaces) | {_gib(plan['non_torch_bytes_per_gpu'])} |",
+        f"| activation peak (profile forward + sampler) "
+        f"| {_gib(plan['activation_bytes_per_gpu'])} |",
+        f"| non-torch (context, workspaces, NCCL) | {_gib(plan['non_torch_bytes_per_gpu'])} |",
         f"| CUDA graphs | {_gib(plan['cuda_graph_bytes_per_gpu'])} |",
         f"| KV cache | {_gib(plan['kv_cache_bytes_per_gpu'])} |",
         "",

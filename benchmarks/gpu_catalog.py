@@ -1,28 +1,37 @@
-"""GPUs the capacity planner knows: memory as the driver reports it, bandwidth, peak FLOPs, links.
+"""GPUs the capacity planner knows: memory, bandwidth, peak FLOPs, links, and vLLM's MoE path.
 
 Numbers are vendor data-sheet values: dense tensor-core peaks (no 2:4 sparsity; GeForce
 cards with FP32 accumulate, the mode inference kernels use), HBM/GDDR bandwidth, and the
-`memory.total` that `nvidia-smi` prints (MiB), which is also what `torch.cuda.mem_get_info`
-reports as total and what vLLM multiplies by `--gpu-memory-utilization`.
+`memory.total` that `nvidia-smi` prints (MiB). What CUDA reports as the device's total
+(`cudaMemGetInfo`, which vLLM multiplies by `--gpu-memory-utilization`) is a little less:
+`cuda_total_mib` where a vLLM log printed it ("total_gpu_memory (14.56GiB)" on a T4,
+39.50 on an A100-40GB, 79.11 on an H100, 139.81 on an H200, 23.58 on an RTX 3090), else
+`memory_mib` minus `CUDA_RESERVED_MIB`, the median gap of those logs.
 
 `usd_per_hour` is an indicative on-demand price per GPU (2025 cloud and marketplace list
 prices, rounded); pass `--price-per-hour` for your own.
 
-The capability flags decide the weights path (`weights_path`): MXFP4 experts need a
-kernel that decodes them (sm80+ here: Ampere Marlin-style weight-only, Hopper/Ada
-Triton, Blackwell native FP4 tensor cores); Turing (sm75) has neither an MXFP4 MoE
-kernel nor bf16, so the experts are dequantized to fp16 at load time.
+`weights_path` is vLLM's choice of MXFP4 MoE kernel by compute capability
+(`fused_moe/oracle/mxfp4.py`): FlashInfer's TRT-LLM MoE on sm100, OpenAI's Triton
+`matmul_ogs` kernels on sm90, Marlin (weight-only, dequantized in the kernel) everywhere
+else from sm75 (Turing, with fp16 activations since it has no bf16) up, and on sm120
+(vLLM 0.13 logs "Using Marlin backend" there, issue 31085). Each pads the expert
+matrices differently, which `vllm_memory.py` counts.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 KIB = 1 << 10
 MIB = 1 << 20
 GIB = 1 << 30
 TERA = 1e12
+CUDA_RESERVED_MIB = 512  # nvidia-smi total minus CUDA's total, where no log says (451-766)
+
+MoEBackend = Literal["marlin", "triton", "flashinfer-trtllm", "dense"]
+MXFP4_BACKENDS = ("marlin", "triton", "flashinfer-trtllm")
 
 Interconnect = Literal["pcie3", "pcie4", "pcie5", "nvlink3", "nvlink4", "nvlink5", "nvlink-bridge"]
 
@@ -55,10 +64,18 @@ class GPUSpec:
     interconnect: Interconnect
     compute_capability: tuple[int, int]
     usd_per_hour: float
+    cuda_total_mib: int | None = None  # cudaMemGetInfo total, where a vLLM log printed it
 
     @property
     def memory_bytes(self) -> int:
         return self.memory_mib * MIB
+
+    @property
+    def cuda_total_bytes(self) -> int:
+        """The device total CUDA reports, which vLLM's memory budget starts from."""
+        if self.cuda_total_mib is not None:
+            return self.cuda_total_mib * MIB
+        return (self.memory_mib - CUDA_RESERVED_MIB) * MIB
 
     @property
     def has_bf16(self) -> bool:
@@ -73,9 +90,13 @@ class GPUSpec:
         return self.fp4_flops > 0
 
     @property
-    def mxfp4_kernel(self) -> bool:
-        """Whether MXFP4 expert weights can stay 4-bit in memory on this GPU."""
-        return self.compute_capability >= (8, 0)
+    def moe_backend(self) -> MoEBackend:
+        """The kernel vLLM runs MXFP4 experts with on this compute capability."""
+        if self.compute_capability[0] == 10:
+            return "flashinfer-trtllm"
+        if self.compute_capability == (9, 0):
+            return "triton"
+        return "marlin"
 
     @property
     def link(self) -> tuple[float, float]:
@@ -89,7 +110,8 @@ class GPUSpec:
             has_bf16=self.has_bf16,
             native_fp8=self.native_fp8,
             native_fp4=self.native_fp4,
-            mxfp4_kernel=self.mxfp4_kernel,
+            moe_backend=self.moe_backend,
+            cuda_total_gib=round(self.cuda_total_bytes / GIB, 2),
         )
         return data
 
@@ -103,6 +125,7 @@ def _gpu(
     interconnect: Interconnect,
     compute_capability: tuple[int, int],
     usd_per_hour: float,
+    cuda_total_gib: float | None = None,
 ) -> GPUSpec:
     bf16, fp8, fp4 = tflops
     return GPUSpec(
@@ -116,6 +139,7 @@ def _gpu(
         interconnect=interconnect,
         compute_capability=compute_capability,
         usd_per_hour=usd_per_hour,
+        cuda_total_mib=None if cuda_total_gib is None else round(cuda_total_gib * 1024),
     )
 
 
@@ -132,6 +156,7 @@ CATALOG: dict[str, GPUSpec] = {
             "pcie3",
             (7, 5),
             0.35,
+            cuda_total_gib=14.56,
         ),
         _gpu("a2", "A2 16 GB (Ampere, low-profile)", 15356, 200, (36, 0, 0), "pcie4", (8, 6), 0.40),
         _gpu("a10", "A10 24 GB (Ampere)", 23028, 600, (125, 0, 0), "pcie4", (8, 6), 0.75),
@@ -166,6 +191,7 @@ CATALOG: dict[str, GPUSpec] = {
             "pcie4",
             (8, 6),
             0.25,
+            cuda_total_gib=23.58,
         ),
         _gpu(
             "rtx4090",
@@ -197,9 +223,29 @@ CATALOG: dict[str, GPUSpec] = {
             (8, 6),
             0.30,
         ),
-        _gpu("a100-40gb", "A100 SXM4 40 GB", 40960, 1555, (312, 0, 0), "nvlink3", (8, 0), 1.30),
+        _gpu(
+            "a100-40gb",
+            "A100 SXM4 40 GB",
+            40960,
+            1555,
+            (312, 0, 0),
+            "nvlink3",
+            (8, 0),
+            1.30,
+            cuda_total_gib=39.50,
+        ),
         _gpu("a100-80gb", "A100 SXM4 80 GB", 81920, 2039, (312, 0, 0), "nvlink3", (8, 0), 1.80),
-        _gpu("h100", "H100 SXM5 80 GB", 81559, 3350, (989, 1979, 0), "nvlink4", (9, 0), 2.50),
+        _gpu(
+            "h100",
+            "H100 SXM5 80 GB",
+            81559,
+            3350,
+            (989, 1979, 0),
+            "nvlink4",
+            (9, 0),
+            2.50,
+            cuda_total_gib=79.11,
+        ),
         _gpu("h100-pcie", "H100 PCIe 80 GB", 81559, 2000, (756, 1513, 0), "pcie5", (9, 0), 2.20),
         _gpu(
             "h100-nvl",
@@ -211,7 +257,17 @@ CATALOG: dict[str, GPUSpec] = {
             (9, 0),
             2.60,
         ),
-        _gpu("h200", "H200 SXM 141 GB", 143771, 4800, (989, 1979, 0), "nvlink4", (9, 0), 3.50),
+        _gpu(
+            "h200",
+            "H200 SXM 141 GB",
+            143771,
+            4800,
+            (989, 1979, 0),
+            "nvlink4",
+            (9, 0),
+            3.50,
+            cuda_total_gib=139.81,
+        ),
         _gpu("b200", "B200 SXM 180 GB", 183359, 8000, (2250, 4500, 9000), "nvlink5", (10, 0), 5.00),
     )
 }
@@ -235,33 +291,39 @@ class WeightsPath:
     """How the expert weights are stored and multiplied on one GPU for a requested format."""
 
     storage_format: Literal["mxfp4", "bf16"]  # what parameter_report counts bytes in
+    moe_backend: MoEBackend  # the vLLM kernel (and so the padding) the experts live in
     moe_flops: float  # peak the expert GEMMs run at
     dense_flops: float  # peak for attention / unembedding GEMMs
     description: str
 
 
-def weights_path(gpu: GPUSpec, requested: Literal["mxfp4", "bf16"]) -> WeightsPath:
-    """Which kernel path serves the experts, from the GPU's capability flags."""
+_BACKEND_NAMES = {
+    "marlin": "Marlin MoE (weight-only MXFP4, dequantized in the kernel)",
+    "triton": "Triton matmul_ogs MoE (MXFP4 weights in the Hopper layout)",
+    "flashinfer-trtllm": "FlashInfer TRT-LLM MoE (MXFP4 weights)",
+}
+
+
+def weights_path(
+    gpu: GPUSpec, requested: Literal["mxfp4", "bf16"], moe_backend: str = "auto"
+) -> WeightsPath:
+    """Which kernel path serves the experts: the GPU's default, or the one forced (vLLM's
+    `VLLM_MXFP4_USE_MARLIN=1`, or a build whose default differed)."""
     dense = gpu.bf16_flops
     dense_name = "bf16" if gpu.has_bf16 else "fp16"
     if requested == "bf16":
-        return WeightsPath("bf16", dense, dense, f"dense {dense_name} experts, {dense_name} math")
-    if not gpu.mxfp4_kernel:
         return WeightsPath(
-            "bf16",
-            dense,
-            dense,
-            f"no MXFP4 MoE kernel or bf16 on sm{gpu.compute_capability[0]}{gpu.compute_capability[1]}:"
-            " experts dequantized to fp16 at load",
+            "bf16", "dense", dense, dense, f"dense {dense_name} experts, {dense_name} math"
         )
-    if gpu.native_fp4:
-        return WeightsPath(
-            "mxfp4",
-            gpu.fp8_flops,
-            dense,
-            "native FP4 tensor cores: MXFP4 weights x MXFP8 activations (fp8 rate)",
+    if moe_backend != "auto" and moe_backend not in MXFP4_BACKENDS:
+        raise ValueError(
+            f"moe-backend: {moe_backend!r} is not auto or one of {', '.join(MXFP4_BACKENDS)}"
         )
-    kernel = "Triton" if gpu.native_fp8 else "Marlin-style weight-only"
+    backend = gpu.moe_backend if moe_backend == "auto" else cast(MoEBackend, moe_backend)
     return WeightsPath(
-        "mxfp4", dense, dense, f"MXFP4 weights decoded in-kernel ({kernel}), {dense_name} math"
+        "mxfp4",
+        backend,
+        dense,
+        dense,
+        f"{_BACKEND_NAMES[backend]}, {dense_name} activations",
     )

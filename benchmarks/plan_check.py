@@ -54,6 +54,7 @@ def plan_check_section(
     weights: str,
     max_model_len: int | None,
     gpu_memory_utilization: float,
+    engine: str = "vllm",
 ) -> dict[str, Any]:
     """Rows of (measured, predicted) per load point, and their Markdown table."""
     model = planner_model(model)
@@ -69,6 +70,7 @@ def plan_check_section(
             gpu_memory_utilization=gpu_memory_utilization,
             input_len=max(1, round(tokens["input_mean"])),
             output_len=max(1, round(tokens["output_mean"])),
+            engine=engine,  # type: ignore[arg-type]  # PlanOptions validates it
         )
         deployment = build_deployment(model, gpu, options)
         concurrency = achieved_concurrency(run)
@@ -99,12 +101,13 @@ def plan_check_section(
         "gpu": gpu,
         "num_gpus": num_gpus,
         "weights": weights,
+        "engine": engine,
         "rows": rows,
-        "markdown": _markdown(rows, model, gpu, num_gpus),
+        "markdown": _markdown(rows, model, gpu, num_gpus, engine),
     }
 
 
-def _markdown(rows: list[dict[str, Any]], model: str, gpu: str, num_gpus: int) -> str:
+def _markdown(rows: list[dict[str, Any]], model: str, gpu: str, num_gpus: int, engine: str) -> str:
     header = [
         "load",
         "concurrency held",
@@ -132,5 +135,8 @@ def _markdown(rows: list[dict[str, Any]], model: str, gpu: str, num_gpus: int) -
         ]
         for row in rows
     ]
-    title = f"Planner: {model} on {num_gpus} x {gpu} (roofline; ratio = measured / predicted)"
+    title = (
+        f"Planner: {model} on {num_gpus} x {gpu}, engine {engine} "
+        "(roofline; ratio = measured / predicted)"
+    )
     return f"{title}\n\n{markdown_table(header, body)}\n"

@@ -63,6 +63,7 @@ def sweep_rows(plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "model",
         "gpu",
         "num_gpus",
+        "engine",
         "status",
         "weights_bytes_per_gpu",
         "kv_cache_bytes_per_gpu",
@@ -75,6 +76,7 @@ def sweep_rows(plans: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "usd_per_million_output_tokens",
         "best_batch",
         "output_tokens_per_s_at_best",
+        "moe_backend",
         "weights_path",
     )
     return [{key: plan[key] for key in keys} for plan in plans]
@@ -144,7 +146,8 @@ def plot_sweep(plans: list[dict[str, Any]], path: Path) -> Path:
     fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=8)
     workload = plans[0]["assumptions"]["workload_tokens"]
     fig.suptitle(
-        f"oss-serve plan --sweep ({workload['input']} in / {workload['output']} out tokens, "
+        f"oss-serve plan --sweep --engine {plans[0]['engine']} "
+        f"({workload['input']} in / {workload['output']} out tokens, "
         f"max-model-len {plans[0]['max_model_len']:,}, roofline estimates)"
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))

@@ -1,63 +1,44 @@
 """Capacity planning for one deployment: memory per GPU, KV capacity and max concurrency.
 
-Modelled on how vLLM (v1) sizes its KV cache, so that the numbers read like its logs:
+Two engines size the KV cache of the same model differently, so the plan names one:
 
-- usable memory = total x `gpu_memory_utilization` (vLLM's "requested memory"), with the
-  total being what CUDA reports (`cudaMemGetInfo`), a little below `nvidia-smi`;
-- minus weights per GPU (from `parameter_report` in the chosen format, sharded by TP),
-  the profiling peak (a forward pass of `max_num_batched_tokens` tokens, or the sampler
-  over `max_num_seqs` x vocabulary logits, whichever is larger), non-torch memory (NCCL,
-  cuBLAS workspaces) and CUDA graphs (which newer vLLM counts before sizing the cache);
-- the rest is KV cache. gpt-oss has one sliding-window and one full-attention group of
-  equal size; as in vLLM's hybrid allocator, layer i of both groups shares one tensor, so
-  a block costs `block_size x kv_heads x head_dim x 2 x dtype` bytes times the layers
-  per group, whichever group holds it (`kv_cache_spec.py` of the engine does the same).
-- "GPU KV cache size: N tokens" = blocks // groups x block_size, and "Maximum concurrency
-  for L tokens per request" = blocks / (blocks one request of L tokens needs: L tokens
-  of full attention + min(window - 1 + max_num_batched_tokens, L) of sliding window + 1).
+- `vllm` (the default, what published deployments and their start-up logs report): the
+  budget of `vllm_memory.py`, derived from vLLM's source and calibrated on its logs;
+- `oss-serve`: this project's engine, computed by the very functions its workers size
+  their cache with (`oss_serve_memory.py`).
 
-Where this differs from vLLM: it estimates what vLLM measures (peak activation, non-torch
-memory, CUDA graphs) from shapes, and counts weights in the checkpoint's layout, while
-vLLM's MXFP4 kernels pad expert dimensions (2880 -> 3072), so vLLM reports ~4 GiB more
-for gpt-oss-120b.
+Either way the result reads like vLLM's log: "GPU KV cache size: N tokens" is the usable
+blocks divided among the KV groups (full attention, sliding window) times the block size,
+and `max_concurrency` is vLLM's "Maximum concurrency for L tokens per request": the
+blocks over the most blocks one request of `max_model_len` tokens can hold.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from oss_serve.benchmarks.gpu_catalog import GIB, MIB, GPUSpec, WeightsPath, weights_path
+from oss_serve.benchmarks.engine_memory import EngineMemory, ModelShape, model_shape
+from oss_serve.benchmarks.gpu_catalog import (
+    GIB,
+    MXFP4_BACKENDS,
+    GPUSpec,
+    WeightsPath,
+    weights_path,
+)
+from oss_serve.benchmarks.oss_serve_memory import oss_serve_memory
+from oss_serve.benchmarks.vllm_memory import scheduler_defaults, vllm_memory
 
-# cudaMemGetInfo reports 250-900 MiB less than nvidia-smi's memory.total (driver and
-# ECC reservations); one value for all cards.
-DRIVER_RESERVED_BYTES = 512 * MIB
-# Bytes per sampler logit at the profiling peak: bf16 logits, fp32 copy, sorted values,
-# int64 sort indices, softmax, cumulative sum and masks of top-k/top-p (vLLM profiles
-# the sampler with top-k/top-p on `max_num_seqs` rows of the full vocabulary).
-SAMPLER_BYTES_PER_LOGIT = 32
-NON_TORCH_BYTES = 300 * MIB  # cuBLAS/cuDNN workspaces, allocator slack
-NCCL_BYTES = 512 * MIB  # NCCL buffers and custom all-reduce IPC buffers when TP > 1
-CUDA_GRAPH_BYTES = 1 * GIB  # vLLM logs 0.3-1.5 GiB of graph pools for models this size
-# Component -> sharded across TP ranks (True) or replicated on each (False).
-SHARDED_COMPONENTS = {
-    "attention": True,  # heads split; the o_proj bias is replicated but tiny
-    "experts": True,  # TP splits the expert intermediate dim (EP would split experts)
-    "embedding": True,  # vocab-parallel rows
-    "unembedding": True,
-    "router": False,
-    "norms": False,
-}
+__all__ = ["ModelShape", "model_shape", "scheduler_defaults"]
 
+Engine = Literal["vllm", "oss-serve"]
+ENGINES: tuple[Engine, ...] = ("vllm", "oss-serve")
 FitStatus = Literal["fits", "reduce_max_model_len", "does_not_fit"]
 
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """The knobs of `oss-serve plan`; None means "vLLM's default for this GPU"."""
+    """The knobs of `oss-serve plan`; None means "the engine's default for this GPU"."""
 
     num_gpus: int = 1
     max_model_len: int | None = None  # None = the model's max_position_embeddings
@@ -68,9 +49,11 @@ class PlanOptions:
     max_num_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
-    enforce_eager: bool = False
+    enforce_eager: bool = False  # vLLM captures graphs after sizing the cache: no effect
     input_len: int = 1024  # the workload the speed and cost estimates assume
     output_len: int = 1024
+    engine: Engine = "vllm"
+    moe_backend: str = "auto"  # auto | marlin | triton | flashinfer-trtllm (vLLM's choice)
 
     def __post_init__(self) -> None:
         if self.num_gpus < 1:
@@ -79,6 +62,13 @@ class PlanOptions:
             raise ValueError("gpu-memory-utilization must be in (0, 1]")
         if self.weights not in ("mxfp4", "bf16"):
             raise ValueError(f"weights: {self.weights!r} is not mxfp4 or bf16")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine: {self.engine!r} is not one of {', '.join(ENGINES)}")
+        if self.moe_backend != "auto" and self.moe_backend not in MXFP4_BACKENDS:
+            raise ValueError(
+                f"moe-backend: {self.moe_backend!r} is not auto or one of "
+                f"{', '.join(MXFP4_BACKENDS)}"
+            )
         for name in ("max_model_len", "max_num_batched_tokens", "max_num_seqs"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -87,50 +77,12 @@ class PlanOptions:
             raise ValueError("input-len, output-len and block-size must be >= 1")
 
 
-def scheduler_defaults(gpu: GPUSpec) -> tuple[int, int]:
-    """vLLM's API-server defaults (max_num_batched_tokens, max_num_seqs) for this GPU.
-
-    vLLM's `get_batch_defaults`: devices with >= 70 GiB that are not A100s get 8192 / 1024,
-    everything else 2048 / 256.
-    """
-    if gpu.memory_bytes >= 70 * GIB and not gpu.name.startswith("a100"):
-        return 8192, 1024
-    return 2048, 256
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the planner needs of a model: its config and per-component bytes and params."""
-
-    name: str
-    config: Any  # oss_serve.workers.model.config.ModelConfig
-    component_params: dict[str, int]
-    component_bytes: dict[str, int]
-    active_params: int
-
-
-@functools.cache
-def model_shape(model: str, storage_format: Literal["mxfp4", "bf16"]) -> ModelShape:
-    """Counts from `oss-serve inspect` (parameter_report on the meta device), cached."""
-    from oss_serve.workers.model.config import load_config
-    from oss_serve.workers.model.inspect import parameter_report
-
-    config = load_config(model if not Path(model).exists() else Path(model))
-    report = parameter_report(config, storage_format, model=model)
-    return ModelShape(
-        name=model,
-        config=config,
-        component_params={k: c.params for k, c in report.components.items()},
-        component_bytes={k: c.bytes for k, c in report.components.items()},
-        active_params=report.active_params,
-    )
-
-
 @dataclass
 class MemoryPlan:
     """Per-GPU memory budget and KV capacity of one deployment (bytes unless named)."""
 
-    total_bytes_per_gpu: int
+    engine: str
+    total_bytes_per_gpu: int  # what CUDA reports as the device's total
     usable_bytes_per_gpu: int
     weights_bytes_per_gpu: int
     activation_bytes_per_gpu: int
@@ -152,6 +104,7 @@ class MemoryPlan:
     max_num_seqs: int
     kv_cache_dtype: str
     weights_format: str
+    moe_backend: str
     weights_path: str
     status: FitStatus
     message: str
@@ -168,46 +121,13 @@ class MemoryPlan:
         return data
 
 
-def weights_bytes_per_gpu(shape: ModelShape, num_gpus: int) -> int:
-    """Sharded components split across ranks (rounded up), replicated ones whole."""
-    total = 0
-    for component, nbytes in shape.component_bytes.items():
-        sharded = SHARDED_COMPONENTS.get(component, False)
-        total += math.ceil(nbytes / num_gpus) if sharded else nbytes
-    return total
-
-
-def activation_peak_bytes(config: Any, num_gpus: int, batched_tokens: int, num_seqs: int) -> int:
-    """The larger of a forward pass over `batched_tokens` and the sampler over `num_seqs` rows."""
-    hidden = config.hidden_size
-    q_size = config.num_attention_heads * config.head_dim
-    kv_size = config.num_key_value_heads * config.head_dim
-    top_k = config.num_experts_per_tok
-    inter = config.intermediate_size
-    # Live elements per token at the MoE, the widest point: residual + normed input,
-    # q/k/v and attention output, then per chosen expert gate_up (2x inter), the
-    # activation (inter) and the expert output (hidden).
-    per_token = 2 * hidden + (2 * q_size + 2 * kv_size) / num_gpus
-    per_token += top_k * (3 * inter / num_gpus + hidden)
-    forward = batched_tokens * per_token * 2  # bf16
-    sampler = batched_tokens * hidden * 2 + num_seqs * config.vocab_size * SAMPLER_BYTES_PER_LOGIT
-    return int(max(forward, sampler))
-
-
 @dataclass(frozen=True)
 class KVLayout:
-    """Block geometry of the KV cache on one TP rank."""
+    """Bytes of KV one token costs per layer on one TP rank, and the layer types."""
 
-    page_bytes: int  # one block of one layer
-    layers_per_group: int
-    num_groups: int
     full_layers: int
     sliding_layers: int
     bytes_per_token_per_layer: int  # one rank
-
-    @property
-    def block_bytes(self) -> int:
-        return self.page_bytes * self.layers_per_group
 
 
 def kv_layout(config: Any, num_gpus: int, block_size: int, dtype_bytes: int) -> KVLayout:
@@ -218,87 +138,67 @@ def kv_layout(config: Any, num_gpus: int, block_size: int, dtype_bytes: int) -> 
     from oss_serve.workers.model.attention_metadata import FULL_ATTENTION
 
     heads_per_gpu = config.num_key_value_heads // num_gpus
-    per_token_layer = heads_per_gpu * config.head_dim * 2 * dtype_bytes  # K and V
     full = sum(1 for t in config.layer_types if t == FULL_ATTENTION)
-    sliding = len(config.layer_types) - full
-    groups = [n for n in (full, sliding) if n]
     return KVLayout(
-        page_bytes=block_size * per_token_layer,
-        layers_per_group=max(groups),
-        num_groups=len(groups),
         full_layers=full,
-        sliding_layers=sliding,
-        bytes_per_token_per_layer=per_token_layer,
+        sliding_layers=len(config.layer_types) - full,
+        bytes_per_token_per_layer=heads_per_gpu * config.head_dim * 2 * dtype_bytes,
     )
 
 
-def blocks_per_request(
-    layout: KVLayout, tokens: int, window: int, batched_tokens: int, block_size: int
-) -> int:
-    """Blocks one request of `tokens` holds at most (vLLM's max_memory_usage_bytes / page)."""
-    blocks = math.ceil(tokens / block_size) if layout.full_layers else 0
-    if layout.sliding_layers:
-        held = min(window - 1 + batched_tokens, tokens)
-        blocks += math.ceil(held / block_size) + 1  # the window may straddle a block edge
-    return blocks
+def engine_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> EngineMemory:
+    """The chosen engine's budget of one GPU of the deployment."""
+    kv_layout(shape.config, options.num_gpus, options.block_size, 2)  # checks the TP size
+    if options.engine == "oss-serve":
+        return oss_serve_memory(shape, gpu, options)
+    return vllm_memory(shape, gpu, options)
 
 
 def plan_memory(shape: ModelShape, gpu: GPUSpec, options: PlanOptions) -> MemoryPlan:
     """Where each GPU's memory goes, and how many max-length requests the KV cache holds."""
     config = shape.config
     n = options.num_gpus
-    path = weights_path(gpu, options.weights)
-    default_tokens, default_seqs = scheduler_defaults(gpu)
-    batched = options.max_num_batched_tokens or default_tokens
-    seqs = options.max_num_seqs or default_seqs
+    path = weights_path(gpu, options.weights, options.moe_backend)
+    memory = engine_memory(shape, gpu, options)
+    kv_dtype = memory.kv_cache_dtype
+    layout = kv_layout(config, n, options.block_size, 1 if kv_dtype == "fp8" else 2)
     max_len = _max_model_len(config, options)
-    fp8_kv = options.kv_cache_dtype == "fp8" and gpu.native_fp8
-    layout = kv_layout(config, n, options.block_size, 1 if fp8_kv else 2)
-    total = gpu.memory_bytes - DRIVER_RESERVED_BYTES
-    usable = int(total * options.gpu_memory_utilization)
-    weights = weights_bytes_per_gpu(shape, n)
-    activation = activation_peak_bytes(config, n, batched, seqs)
-    non_torch = NON_TORCH_BYTES + (NCCL_BYTES if n > 1 else 0)
-    graphs = 0 if options.enforce_eager else CUDA_GRAPH_BYTES
-    kv_bytes = usable - weights - activation - non_torch - graphs
-    blocks = max(0, kv_bytes // layout.block_bytes)
-    window = config.sliding_window
-
-    def need(tokens: int) -> int:
-        return blocks_per_request(layout, tokens, window, batched, options.block_size)
-
-    max_len_blocks = need(max_len)
-    fitting_len = _longest_fitting_len(need, blocks, max_len)
-    status, message = _fit_status(
-        gpu, n, usable, weights, kv_bytes, max_len, fitting_len, path, options
-    )
+    blocks = memory.usable_blocks
+    max_len_blocks = memory.blocks_for(max_len)
+    fitting_len = _longest_fitting_len(memory.blocks_for, blocks, max_len)
+    status, message = _fit_status(gpu, memory, max_len, fitting_len, path, options)
+    window = min(config.sliding_window, max_len)
     return MemoryPlan(
-        total_bytes_per_gpu=total,
-        usable_bytes_per_gpu=usable,
-        weights_bytes_per_gpu=weights,
-        activation_bytes_per_gpu=activation,
-        non_torch_bytes_per_gpu=non_torch,
-        cuda_graph_bytes_per_gpu=graphs,
-        kv_cache_bytes_per_gpu=max(0, kv_bytes),
+        engine=memory.engine,
+        total_bytes_per_gpu=memory.total_bytes,
+        usable_bytes_per_gpu=memory.usable_bytes,
+        weights_bytes_per_gpu=memory.weights_bytes,
+        activation_bytes_per_gpu=memory.activation_bytes,
+        non_torch_bytes_per_gpu=memory.non_torch_bytes,
+        cuda_graph_bytes_per_gpu=memory.cuda_graph_bytes,
+        kv_cache_bytes_per_gpu=max(0, memory.kv_bytes),
         kv_bytes_per_token=layout.full_layers * layout.bytes_per_token_per_layer * n,
         kv_bytes_per_token_per_gpu=layout.full_layers * layout.bytes_per_token_per_layer,
         sliding_kv_bytes_per_request=layout.sliding_layers
         * layout.bytes_per_token_per_layer
         * n
-        * min(window, max_len),
-        kv_block_bytes_per_gpu=layout.block_bytes,
+        * window,
+        kv_block_bytes_per_gpu=memory.block_bytes,
         num_kv_blocks=blocks,
-        kv_cache_tokens=blocks // layout.num_groups * options.block_size,
+        kv_cache_tokens=blocks // memory.num_groups * memory.block_size,
         blocks_per_max_len_request=max_len_blocks,
         max_concurrency=blocks / max_len_blocks,
-        max_concurrency_workload=blocks / need(options.input_len + options.output_len),
+        max_concurrency_workload=blocks / memory.blocks_for(options.input_len + options.output_len),
         max_model_len=max_len,
         max_model_len_that_fits=fitting_len,
-        max_num_batched_tokens=batched,
-        max_num_seqs=seqs,
-        kv_cache_dtype="fp8" if fp8_kv else "bf16",
+        max_num_batched_tokens=memory.max_num_batched_tokens,
+        max_num_seqs=memory.max_num_seqs,
+        kv_cache_dtype=kv_dtype,
         weights_format=path.storage_format,
-        weights_path=path.description,
+        moe_backend=path.moe_backend if memory.engine == "vllm" else "oss-serve",
+        weights_path=path.description
+        if memory.engine == "vllm"
+        else f"oss-serve kernels, {path.storage_format} experts as in the checkpoint",
         status=status,
         message=message,
     )
@@ -330,30 +230,29 @@ def _longest_fitting_len(need: Any, blocks: int, max_len: int) -> int:
 
 def _fit_status(
     gpu: GPUSpec,
-    num_gpus: int,
-    usable: int,
-    weights: int,
-    kv_bytes: int,
+    memory: EngineMemory,
     max_len: int,
     fitting_len: int,
     path: WeightsPath,
     options: PlanOptions,
 ) -> tuple[FitStatus, str]:
-    where = f"{num_gpus} x {gpu.name}"
+    where = f"{options.num_gpus} x {gpu.name}"
+    weights, usable = memory.weights_bytes, memory.usable_bytes
     if weights > usable:
         return "does_not_fit", (
             f"does not fit: weights need {weights / GIB:.1f} GiB per GPU ({path.storage_format}) "
             f"but {where} offers {usable / GIB:.1f} GiB at gpu-memory-utilization "
             f"{options.gpu_memory_utilization:g}; use more GPUs or a larger card"
         )
-    if kv_bytes <= 0:
+    if memory.kv_bytes <= 0 or fitting_len == 0:
         return "does_not_fit", (
             f"does not fit: after {weights / GIB:.1f} GiB of weights and the runtime reserve "
-            f"{where} has no memory left for the KV cache ({kv_bytes / GIB:.2f} GiB)"
+            f"{where} has no memory left for the KV cache "
+            f"({max(0, memory.kv_bytes) / GIB:.2f} GiB)"
         )
     if fitting_len < max_len:
         return "reduce_max_model_len", (
             f"KV cache too small for one {max_len:,}-token request; "
             f"use --max-model-len {fitting_len} or fewer, or more GPUs"
         )
-    return "fits", f"fits: {kv_bytes / GIB:.1f} GiB of KV cache per GPU"
+    return "fits", f"fits: {memory.kv_bytes / GIB:.1f} GiB of KV cache per GPU"

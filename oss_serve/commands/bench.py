@@ -180,6 +180,9 @@ def bench(
     weights: Annotated[str, typer.Option("--weights", help="Plan check: mxfp4|bf16.")] = "mxfp4",
     max_model_len: Annotated[int | None, typer.Option("--max-model-len")] = None,
     gpu_memory_utilization: Annotated[float, typer.Option("--gpu-memory-utilization")] = 0.9,
+    plan_engine: Annotated[
+        str, typer.Option("--plan-engine", help="Plan check: vllm | oss-serve.")
+    ] = "vllm",
 ) -> None:
     """Run a load test (flags below), or `bench compare A.json B.json` to compare runs."""
     if ctx.invoked_subcommand is not None:
@@ -233,6 +236,7 @@ def bench(
                 weights=weights,
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
+                engine=plan_engine,
             )
         except (ValueError, FileNotFoundError) as err:
             fail(f"--plan-check: {err}")

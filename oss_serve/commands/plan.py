@@ -46,8 +46,25 @@ def plan(
     ] = None,
     kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="auto | fp8.")] = "auto",
     enforce_eager: Annotated[
-        bool, typer.Option("--enforce-eager", help="No CUDA graphs (no graph memory).")
+        bool,
+        typer.Option(
+            "--enforce-eager", help="No CUDA graphs (vLLM sizes the cache before capturing)."
+        ),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine", help="vllm (what published deployments report) | oss-serve (this stack)."
+        ),
+    ] = "vllm",
+    moe_backend: Annotated[
+        str,
+        typer.Option(
+            "--moe-backend",
+            help="vLLM MXFP4 MoE kernel: auto (by compute capability) | marlin | triton | "
+            "flashinfer-trtllm.",
+        ),
+    ] = "auto",
     sweep: Annotated[
         bool, typer.Option("--sweep", help="Every catalog GPU x {1,2,4,8} x both models.")
     ] = False,
@@ -56,6 +73,12 @@ def plan(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (snake_case keys).")] = False,
     list_gpus: Annotated[bool, typer.Option("--list-gpus", help="Print the GPU catalog.")] = False,
+    check_sources: Annotated[
+        bool,
+        typer.Option(
+            "--check-sources", help="Compare with published vLLM start-up logs of gpt-oss."
+        ),
+    ] = False,
 ) -> None:
     """Predict memory, max concurrency, speed and cost of a deployment on a GPU type."""
     from oss_serve.benchmarks.gpu_catalog import UnknownGPUError
@@ -63,6 +86,9 @@ def plan(
 
     if list_gpus:
         _print_catalog(json_out)
+        return
+    if check_sources:
+        _check_sources(output_dir, json_out)
         return
     if kv_cache_dtype not in ("auto", "fp8"):
         fail(f"--kv-cache-dtype: {kv_cache_dtype!r} is not auto or fp8")
@@ -79,6 +105,8 @@ def plan(
             enforce_eager=enforce_eager,
             input_len=input_len,
             output_len=output_len,
+            engine=engine,  # type: ignore[arg-type]  # validated by PlanOptions
+            moe_backend=moe_backend,
         )
         if sweep:
             _sweep(options, output_dir, json_out)
@@ -88,6 +116,25 @@ def plan(
         _single(model, gpu, options, json_out)
     except (ValueError, FileNotFoundError, UnknownGPUError) as err:
         fail(str(err))
+
+
+def _check_sources(output_dir: Path | None, json_out: bool) -> None:
+    from dataclasses import asdict
+
+    from oss_serve.benchmarks.plan_sources import check_sources, sources_markdown
+
+    checks = check_sources()
+    table = sources_markdown(checks)
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "vllm_sources_check.md").write_text(table, encoding="utf-8")
+        typer.echo(f"wrote {output_dir / 'vllm_sources_check.md'}", err=True)
+    if json_out:
+        typer.echo(json.dumps([asdict(c) | {"ok": c.ok} for c in checks], indent=1))
+    else:
+        typer.echo(table)
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
 
 
 def _single(model: str, gpu: str, options: Any, json_out: bool) -> None:

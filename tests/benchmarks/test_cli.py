@@ -74,12 +74,13 @@ def test_bench_sweep_writes_json_markdown_and_plots_then_compare(stub_url, tmp_p
 def test_bench_plan_check_prints_prediction_beside_measurement(stub_url):
     result = _bench(
         stub_url, "--concurrency", "2", "--num-requests", "4", "--json",
-        "--plan-check", "--gpu", "h100",
+        "--plan-check", "--gpu", "h100", "--plan-engine", "oss-serve",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
     (row,) = document["plan_check"]["rows"]
     assert document["plan_check"]["model"] == "gpt-oss-20b"
+    assert document["plan_check"]["engine"] == "oss-serve"
     assert 1.5 < row["achieved_concurrency"] <= 2.05
     assert row["measured_tpot_ms"] == pytest.approx(20.0, abs=2)
     assert row["predicted_tpot_ms"] > 0 and row["predicted_output_tokens_per_s"] > 0
@@ -121,7 +122,25 @@ def test_plan_json_has_snake_case_headline_keys():
 def test_plan_of_an_impossible_deployment_exits_1_and_says_so():
     result = runner.invoke(app, ["plan", "--model", "gpt-oss-120b", "--gpu", "rtx3090"])
     assert result.exit_code == 1
-    assert "does not fit: weights need 60.8 GiB per GPU" in result.output
+    assert "does not fit: weights need 65.9 GiB per GPU (mxfp4)" in result.output
+
+
+def test_plan_engine_flag_plans_this_stack_and_refuses_unknown_engines():
+    result = runner.invoke(
+        app, ["plan", "--gpu", "l4", "--engine", "oss-serve", "--json"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["engine"] == "oss-serve" and plan["max_concurrency"] > 1
+    refused = runner.invoke(app, ["plan", "--gpu", "l4", "--engine", "sglang"])
+    assert refused.exit_code == 2 and "engine" in refused.output
+
+
+def test_plan_check_sources_writes_the_comparison_and_passes(tmp_path):
+    result = runner.invoke(app, ["plan", "--check-sources", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "vllm_sources_check.md").read_text()
+    assert "github.com/vllm-project/vllm/issues/23278" in table and "| NO |" not in table
 
 
 def test_plan_sweep_covers_every_gpu_count_and_model(tmp_path):

@@ -71,10 +71,7 @@ class KVCacheManager:
         self.prefix_stats = PrefixCacheStats()
         self._requests: dict[str, list[_GroupBlocks]] = {}
         # blocks a sliding group must hold for a prefix of L full blocks to be usable
-        self._window_blocks = [
-            cdiv(g.sliding_window - 1, self.block_size) if g.sliding_window else 0
-            for g in spec.groups
-        ]
+        self._window_blocks = list(spec.window_blocks)
 
     # --- lookups ------------------------------------------------------------------------------
     def get_computed_blocks(self, request: Request) -> ComputedBlocks:

@@ -67,6 +67,15 @@ class KVCacheSpec:
                 mapping[layer] = rank
         return mapping
 
+    @property
+    def window_blocks(self) -> tuple[int, ...]:
+        """Per group, the blocks a sliding window must keep before a position (0 = full
+        attention, which keeps them all); a request holds at most this + 1 such blocks."""
+        return tuple(
+            -(-(group.sliding_window - 1) // self.block_size) if group.sliding_window else 0
+            for group in self.groups
+        )
+
     def num_blocks_for_budget(self, budget_bytes: int) -> int:
         return max(0, budget_bytes // self.bytes_per_block)
 

@@ -18,6 +18,7 @@ from oss_serve.workers.engine.kv_cache_spec import KVCacheSpec, kv_cache_spec_fo
 from oss_serve.workers.engine.sampling_params import SamplingParams
 from oss_serve.workers.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from oss_serve.workers.model.parallel import ParallelContext
+from oss_serve.workers.runner.memory_budget import kv_cache_budget_bytes, step_activation_bytes
 from oss_serve.workers.runner.model_runner import ModelRunner
 
 log = get_logger(__name__)
@@ -133,20 +134,23 @@ class LocalExecutor:
         if self.device.type != "cuda":
             return DEFAULT_CPU_KV_CACHE_BYTES
         free_bytes, total_bytes = torch.cuda.mem_get_info(self.device)
-        used_bytes = total_bytes - free_bytes
-        activation_bytes = self._activation_bytes()
-        return max(
-            0, int(total_bytes * self.config.gpu_memory_utilization) - used_bytes - activation_bytes
+        return kv_cache_budget_bytes(
+            total_bytes=total_bytes,
+            used_bytes=total_bytes - free_bytes,
+            gpu_memory_utilization=self.config.gpu_memory_utilization,
+            activation_bytes=self._activation_bytes(),
         )
 
     def _activation_bytes(self) -> int:
-        """A rough bound on a full step's activations: hidden states plus logits rows."""
         config = self.model_config
-        tokens = self.config.max_num_batched_tokens
-        width = max(config.hidden_size, config.intermediate_size * 2)
-        per_token = width * 8 * self.dtype.itemsize
-        logits = min(tokens, self.config.max_num_seqs) * config.vocab_size * 4 * 3
-        return tokens * per_token + logits
+        return step_activation_bytes(
+            hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size,
+            vocab_size=config.vocab_size,
+            max_num_batched_tokens=self.config.max_num_batched_tokens,
+            max_num_seqs=self.config.max_num_seqs,
+            dtype_bytes=self.dtype.itemsize,
+        )
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.runner.initialize_kv_cache(num_blocks)

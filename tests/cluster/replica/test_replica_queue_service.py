@@ -232,6 +232,7 @@ async def test_a_request_past_its_deadline_is_dead_lettered_unstarted(stack, rou
 async def test_overload_refuses_with_retry_info_and_completes_the_accepted(stack):
     await stack.idle()
     tight = await stack.router(max_queued_per_replica=3)
+    release = await stall_engine_thread(stack.engine)  # nothing finishes while the burst lands
     async with grpc.aio.insecure_channel(tight.address) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
 
@@ -246,7 +247,16 @@ async def test_overload_refuses_with_retry_info_and_completes_the_accepted(stack
                 return "refused", err
             return "done", tokens
 
-        results = await asyncio.gather(*(one(i) for i in range(24)))
+        try:
+            tasks = [asyncio.create_task(one(i)) for i in range(24)]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                task.done() and task.result()[0] == "refused" for task in tasks
+            ):
+                await asyncio.sleep(0.02)
+        finally:
+            release.set()
+        results = await asyncio.gather(*tasks)
     refused = [r for kind, r in results if kind == "refused"]
     done = [r for kind, r in results if kind == "done"]
     assert refused and done

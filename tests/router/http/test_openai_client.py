@@ -9,6 +9,7 @@ import jsonschema
 import openai
 import pytest
 
+from oss_serve.common.vocab import o200k_harmony
 from tests.router.http.stack import API_KEY, TINY_MODEL
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -123,15 +124,18 @@ def test_json_schema_output_validates_even_on_random_weights(client, seed):
 
 def test_json_object_output_is_a_json_object(client):
     """Free-form keys and strings may not end within max_tokens on random weights: every
-    finished answer is an object, every cut one is the beginning of one."""
+    finished answer is an object, every cut one is the beginning of one. The last request
+    favours "}" (logit_bias), so the grammar's closing path is taken at least once."""
+    close_brace = o200k_harmony().encode_single_token("}")
     finished = 0
-    for seed in range(3):
+    for seed, logit_bias in [(0, None), (1, None), (2, None), (3, {str(close_brace): 100})]:
         response = client.chat.completions.create(
             model=TINY_MODEL,
             messages=MESSAGES,
             max_tokens=60,
             seed=seed,
             response_format={"type": "json_object"},
+            logit_bias=logit_bias,
             extra_body={"thinking_token_budget": 2},
         )
         content = response.choices[0].message.content or ""

@@ -58,14 +58,11 @@ def _reference(stack, body: dict) -> tuple[str, str]:
     for token in tokens:
         if token not in STOP_TOKEN_IDS:
             parser.process(token)
+    parser.process_eos()  # the generation ended: close the last message as a finished stream does
     texts: dict[str, str] = {"analysis": "", "final": ""}
     for message in parser.messages:
         texts[message.channel or ""] = texts.get(message.channel or "", "") + "".join(
             c.text for c in message.content
-        )
-    if parser.current_channel is not None:
-        texts[parser.current_channel] = (
-            texts.get(parser.current_channel, "") + parser.current_content
         )
     return texts["analysis"], texts["final"]
 
