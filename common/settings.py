@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # --- redis ---------------------------------------------------------------------------------
     redis_url: SecretStr | None = None  # may embed a password: kept secret
     redis_namespace: str = "oss-serve"
+    # Redis replicas that must hold a request record before it counts as queued (WAIT);
+    # None = 1 for a redis+sentinel:// URL (a failover then loses no queued request), else 0
+    redis_replica_acks: int | None = None
 
     # --- router / API ----------------------------------------------------------------------------
     host: str = "127.0.0.1"

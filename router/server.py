@@ -39,7 +39,7 @@ from oss_serve.router.prefix_index import PrefixIndex
 from oss_serve.router.request_limits import RequestLimits
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventFollower
-from oss_serve.streams.redis_client import connect
+from oss_serve.streams.redis_client import connect, is_sentinel_url
 
 log = get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -54,7 +54,8 @@ class RouterServer:
         self.router_id = (
             router_id or f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self.redis = connect(settings.redis_url.get_secret_value())
+        redis_url = settings.redis_url.get_secret_value()
+        self.redis = connect(redis_url)
         keys = self._keys = RedisKeys(settings.redis_namespace)
         self.index = PrefixIndex(settings.prefix_index_max_blocks)
         self.view = ClusterView(self.redis, keys, self.index)
@@ -68,7 +69,9 @@ class RouterServer:
         self._link_server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
-        self._queue = RequestQueue(self.redis, keys)
+        self._queue = RequestQueue(
+            self.redis, keys, replica_acks=_replica_acks(settings.redis_replica_acks, redis_url)
+        )
         self.pipeline: RequestPipeline | None = None
 
     @property
@@ -214,6 +217,13 @@ class RouterServer:
         await stop_tasks(self._tasks)
         await self.redis.aclose()
         log.info("router stopped", router_id=self.router_id)
+
+
+def _replica_acks(configured: int | None, redis_url: str) -> int:
+    """Redis replicas a queued record must reach: behind Sentinel, one unless told otherwise."""
+    if configured is not None:
+        return configured
+    return 1 if is_sentinel_url(redis_url) else 0
 
 
 def _is_loopback(host: str) -> bool:

@@ -212,6 +212,8 @@ class ReplicaService:
                     await self._wait_for_capacity()
                     continue
                 backlog.popleft()
+                if delivery.entry_id in self._inflight:  # delivered again while it runs here
+                    continue  # (a Redis failover lost the read): one run is enough
                 self._starting[delivery.entry_id] = prompt_len
                 self._spawn(self._serve(delivery))
             except TRANSIENT_ERRORS as err:

@@ -49,6 +49,7 @@ def autoscale(
     )
     from oss_serve.cluster.autoscale.metrics import AutoscalerMetrics
     from oss_serve.streams.keys import RedisKeys
+    from oss_serve.streams.redis_client import connect
 
     settings = settings_from_flags(config)
     if settings.redis_url is None:
@@ -57,7 +58,7 @@ def autoscale(
         autoscaler_config = load_config(policy)
     except PolicyFileError as err:
         fail(str(err))
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=10)
+    client = connect(settings.redis_url.get_secret_value(), blocking=True, socket_timeout_s=10)
     metrics = AutoscalerMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port)
