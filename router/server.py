@@ -30,6 +30,7 @@ from oss_serve.router.cluster_view import ClusterView
 from oss_serve.router.enqueue import RequestQueue
 from oss_serve.router.gate import Gate
 from oss_serve.router.grpc_api import InferenceService
+from oss_serve.router.idempotency import IdempotencyStore
 from oss_serve.router.link import LinkHub
 from oss_serve.router.link_guard import ClusterTokenGuard
 from oss_serve.router.metrics import RouterMetrics
@@ -73,6 +74,13 @@ class RouterServer:
             self.redis, keys, replica_acks=_replica_acks(settings.redis_replica_acks, redis_url)
         )
         self.pipeline: RequestPipeline | None = None
+        self.idempotency = IdempotencyStore(
+            self.redis,
+            keys,
+            self.router_id,
+            lease_s=settings.idempotency_lease_s,
+            ttl_s=settings.idempotency_ttl_s,
+        )
 
     @property
     def address(self) -> str:
@@ -117,6 +125,7 @@ class RouterServer:
                 reply_to=self.link_address,
                 session_ttl_s=settings.session_ttl_s,
             ),
+            idempotency=self.idempotency,
         )
         inference_pb2_grpc.add_InferenceServicer_to_server(
             InferenceService(self.pipeline), self._server
@@ -128,6 +137,7 @@ class RouterServer:
             asyncio.create_task(self.view.run()),
             asyncio.create_task(self.events.run()),
             asyncio.create_task(self._report_health()),
+            asyncio.create_task(self.idempotency.renew_forever()),
         ]
         log.info(
             "router started",

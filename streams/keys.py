@@ -15,6 +15,7 @@ several deployments can share one Redis. Layout:
 - `{ns}:usage:{key_id}`            hash: token/request accounting
 - `{ns}:response:{response_id}`    string: stored Responses API object (TTL)
 - `{ns}:session:{session_key}`     string: replica id a sticky session is routed to (TTL)
+- `{ns}:idem:{key_id}:{id}:{choice}`  hash: a client request id's attempt or stored answer (TTL)
 
 Every request stream has one consumer group, CONSUMER_GROUP; consumers are replica ids.
 """
@@ -75,6 +76,9 @@ class RedisKeys:
 
     def session(self, session_key: str) -> str:
         return f"{self.namespace}:session:{session_key}"
+
+    def idempotency(self, key_id: str, request_digest: str, choice: int) -> str:
+        return f"{self.namespace}:idem:{key_id}:{request_digest}:{choice}"
 
     def replica_streams(self, replica_id: str) -> list[str]:
         """A replica's request streams, highest-priority lane first."""

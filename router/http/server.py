@@ -15,6 +15,7 @@ from oss_serve.common.logging import get_logger
 from oss_serve.common.settings import Settings
 from oss_serve.router.http.app import create_app
 from oss_serve.router.http.context import ApiContext
+from oss_serve.router.http.slow_clients import StallLimit
 from oss_serve.streams.keys import RedisKeys
 
 if TYPE_CHECKING:
@@ -45,13 +46,15 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, *, stall_timeout_s: float = 60.0
+    ) -> None:
         self.app = app
         self.host = host
         self._socket = _bind(host, port)
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
-            app,
+            StallLimit(app, stall_timeout_s),
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -101,7 +104,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 async def start_http_api(router: RouterServer, settings: Settings) -> HttpServer:
     server = HttpServer(
-        create_app(api_context(router, settings)), settings.host, settings.http_port
+        create_app(api_context(router, settings)),
+        settings.host,
+        settings.http_port,
+        stall_timeout_s=settings.http_stall_timeout_s,
     )
     await server.start()
     return server
