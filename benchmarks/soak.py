@@ -228,9 +228,21 @@ async def run_soak(stack: Stack, config: SoakConfig) -> dict[str, Any]:
         "rate_per_s": round(rate, 3),
         "samples": [asdict(s) for s in samples],
         "settled": asdict(settled),
-        "requests": [r.to_json() for r in driver.records],
+        "requests": request_rows(driver.records),
         "checks": checks(config, driver.records, samples, settled),
     }
+
+
+REQUEST_COLUMNS = ("start_s", "ttft_s", "e2e_s", "error", "retry_after_s", "output_tokens")
+
+
+def request_rows(records: list[RequestRecord]) -> dict[str, Any]:
+    """Every request as one row of REQUEST_COLUMNS (thousands of them: no per-token gaps)."""
+    rows = []
+    for record in records:
+        row = [getattr(record, column) for column in REQUEST_COLUMNS]
+        rows.append([round(v, 4) if isinstance(v, float) else v for v in row])
+    return {"columns": list(REQUEST_COLUMNS), "rows": rows}
 
 
 def _window(values: list[tuple[float, float]], start_s: float, end_s: float) -> float:
@@ -294,7 +306,9 @@ def checks(
 class UpStack:
     """`oss-serve up --replicas N` in a subprocess; its router and replica processes."""
 
-    def __init__(self, folder: Path, replicas: int, max_queue_wait_s: float) -> None:
+    def __init__(
+        self, folder: Path, replicas: int, max_queue_wait_s: float, max_num_seqs: int | None
+    ) -> None:
         self.folder = folder
         self.api_key = "sk-soak-" + secrets.token_hex(8)
         self.http_port = _free_port()
@@ -302,6 +316,8 @@ class UpStack:
                 "--http-port", str(self.http_port), "--grpc-port", str(_free_port()),
                 "--link-port", str(_free_port()), "--api-key", self.api_key]  # fmt: skip
         env = dict(os.environ, OSS_SERVE_MAX_QUEUE_WAIT_S=str(max_queue_wait_s))
+        if max_num_seqs is not None:
+            env["OSS_SERVE_MAX_NUM_SEQS"] = str(max_num_seqs)
         self.log_path = folder / "up.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -357,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-tokens", type=int, default=64)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--max-queue-wait-s", type=float, default=5.0)
+    parser.add_argument(
+        "--max-num-seqs", type=int, help="each replica's batch bound (default: the engine's)"
+    )
     parser.add_argument("--base-url", help="drive this stack instead of starting `oss-serve up`")
     parser.add_argument("--redis-url")
     parser.add_argument("--namespace", default="oss-serve")
@@ -381,7 +400,12 @@ def main(argv: list[str] | None = None) -> int:
             args.base_url, args.redis_url, args.namespace, args.model, args.api_key, processes
         )
     else:
-        up = UpStack(Path(tempfile.mkdtemp(prefix="soak-")), args.replicas, args.max_queue_wait_s)
+        up = UpStack(
+            Path(tempfile.mkdtemp(prefix="soak-")),
+            args.replicas,
+            args.max_queue_wait_s,
+            args.max_num_seqs,
+        )
         stack = up.wait_ready()
     try:
         result = asyncio.run(run_soak(stack, config))

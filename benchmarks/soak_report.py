@@ -18,7 +18,14 @@ LATENCY_BIN_S = 5.0
 def write_report(result: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "soak.json", out_dir / "soak.md", out_dir / "soak.png"]
-    paths[0].write_text(json.dumps(result, indent=1) + "\n")
+    samples = ",\n  ".join(json.dumps(sample) for sample in result["samples"])
+    rows = ",\n   ".join(json.dumps(row) for row in result["requests"]["rows"])
+    rest = {k: v for k, v in result.items() if k not in ("samples", "requests")}
+    paths[0].write_text(  # one line per sample and per request: readable, diffable, small
+        json.dumps(rest, indent=1)[:-2]
+        + f',\n "samples": [\n  {samples}\n ],\n "requests": {{"columns": '
+        + f'{json.dumps(result["requests"]["columns"])}, "rows": [\n   {rows}\n ]}}\n}}\n'
+    )
     paths[1].write_text(markdown(result))
     plot(result, paths[2])
     return paths
@@ -94,7 +101,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def _latency_panel(axis: Any, result: dict[str, Any]) -> None:
     bins: dict[int, list[float]] = {}
     refused: dict[int, int] = {}
-    for request in result["requests"]:
+    columns = result["requests"]["columns"]
+    for row in result["requests"]["rows"]:
+        request = dict(zip(columns, row, strict=True))
         slot = int(request["start_s"] // LATENCY_BIN_S)
         if request["error"] is None and request["ttft_s"] is not None:
             bins.setdefault(slot, []).append(request["ttft_s"])
