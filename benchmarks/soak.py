@@ -40,6 +40,7 @@ from oss_serve.benchmarks.loadgen import poisson_arrivals, raise_open_file_limit
 from oss_serve.benchmarks.metrics import RequestRecord
 from oss_serve.benchmarks.stream_client import ClientPool, Endpoint, send_chat
 from oss_serve.benchmarks.workloads import ChatTurn, synthetic_text
+from oss_serve.cluster.launch.local_redis import free_port
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.redis_client import connect
 from oss_serve.streams.registry import ReplicaLoad
@@ -311,10 +312,10 @@ class UpStack:
     ) -> None:
         self.folder = folder
         self.api_key = "sk-soak-" + secrets.token_hex(8)
-        self.http_port = _free_port()
+        self.http_port = free_port()
         args = [sys.executable, "-m", "oss_serve.cli", "up", "--replicas", str(replicas),
-                "--http-port", str(self.http_port), "--grpc-port", str(_free_port()),
-                "--link-port", str(_free_port()), "--api-key", self.api_key]  # fmt: skip
+                "--http-port", str(self.http_port), "--grpc-port", str(free_port()),
+                "--link-port", str(free_port()), "--api-key", self.api_key]  # fmt: skip
         env = dict(os.environ, OSS_SERVE_MAX_QUEUE_WAIT_S=str(max_queue_wait_s))
         if max_num_seqs is not None:
             env["OSS_SERVE_MAX_NUM_SEQS"] = str(max_num_seqs)
@@ -352,14 +353,6 @@ class UpStack:
                 self.process.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:

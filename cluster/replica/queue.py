@@ -95,6 +95,7 @@ class ReplicaQueue:
         self._touch = redis.register_script(_TOUCH_SCRIPT)
         self._missing_since: dict[str, float] = {}
         self.dead_replicas: list[str] = []
+        self._pulls = 0
 
     # --- registry -----------------------------------------------------------------------
 
@@ -122,21 +123,26 @@ class ReplicaQueue:
 
     # --- pulling --------------------------------------------------------------------------
 
-    def read_order(self) -> list[str]:
-        """Streams in the order they are read: per lane, own, overflow, then dead replicas'."""
+    def read_order(self, overflow_first: bool = False) -> list[str]:
+        """Streams in the order they are read: per lane, own and overflow (in the order
+        asked), then dead replicas'."""
         order = []
         for lane in LANES:
-            order.append(self._keys.request_stream(self.replica_id, lane))
-            order.append(self._keys.overflow_stream(lane))
+            own = self._keys.request_stream(self.replica_id, lane)
+            shared = self._keys.overflow_stream(lane)
+            order.extend([shared, own] if overflow_first else [own, shared])
             order.extend(self._keys.request_stream(dead, lane) for dead in self.dead_replicas)
         return order
 
     async def pull(self, block_ms: int = 0) -> list[Delivery]:
         """The next undelivered entry in priority order; if none, wait up to block_ms for any.
 
+        Own stream and overflow take turns to be read first, so that under sustained load
+        (the own stream never empty) the overflow entries are not starved.
         A wait can return one entry from each of several streams: all are this replica's.
         """
-        streams = self.read_order()
+        self._pulls += 1
+        streams = self.read_order(overflow_first=self._pulls % 2 == 0)
         for stream in streams:
             got = await self._read_group({stream: ">"}, block_ms=None)
             if got:

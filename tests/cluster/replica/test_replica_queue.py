@@ -61,6 +61,16 @@ async def test_pull_reads_lanes_in_priority_order_own_before_overflow(redis, key
     assert order == ["own-interactive", "overflow-interactive", "own-batch", "overflow-batch"]
 
 
+async def test_overflow_entries_are_not_starved_by_a_busy_own_stream(redis, keys):
+    queue = await replica(redis, keys, "r1")
+    enqueue = RequestQueue(redis, keys)
+    for i in range(6):
+        await enqueue.enqueue("r1", record(f"own-{i}"))
+    await enqueue.enqueue(OVERFLOW, record("overflow"))
+    order = [d.record.request_id for _ in range(4) for d in await queue.pull()]
+    assert order == ["own-0", "overflow", "own-1", "own-2"]
+
+
 async def test_blocking_pull_wakes_when_a_request_arrives(redis, keys):
     queue = await replica(redis, keys, "r1")
     waiter = asyncio.create_task(queue.pull(block_ms=2000))
