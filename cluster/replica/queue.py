@@ -96,6 +96,7 @@ class ReplicaQueue:
         self._missing_since: dict[str, float] = {}
         self.dead_replicas: list[str] = []
         self._pulls = 0
+        self._next_sweep = time.monotonic() + self.dead_after_s
 
     # --- registry -----------------------------------------------------------------------
 
@@ -164,12 +165,21 @@ class ReplicaQueue:
         return [await self._with_delivery_count(d) for d in held]
 
     async def claim_from_dead(self, count: int = 1) -> list[Delivery]:
-        """XAUTOCLAIM up to `count` entries left by dead replicas (idle for dead_after_s)."""
-        if not self.dead_replicas:
-            return []
-        streams = self._overflow_streams()
+        """XAUTOCLAIM up to `count` entries left by dead replicas (idle for dead_after_s).
+
+        Once every dead_after_s this replica's own streams and the overflow are swept too:
+        an entry there idle that long has no live holder either (a Redis failover can lose
+        the acknowledgement of a finished request); its Start tells whether it still runs.
+        """
+        streams: list[str] = []
+        if self.dead_replicas:
+            streams = self._overflow_streams()
         for dead in self.dead_replicas:
             streams = self._keys.replica_streams(dead) + streams
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.dead_after_s
+            own = self._keys.replica_streams(self.replica_id) + self._overflow_streams()
+            streams = [*own, *(s for s in streams if s not in own)]
         claimed: list[Delivery] = []
         for stream in streams:
             if len(claimed) >= count:

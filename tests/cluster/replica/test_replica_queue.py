@@ -147,6 +147,20 @@ async def test_a_dead_replicas_entries_are_claimed_and_it_can_no_longer_ack(redi
     assert await redis.sismember(keys.replicas, "dying") == 0
 
 
+async def test_an_entry_left_pending_without_a_holder_is_swept_back(redis, keys):
+    """A failover that loses an acknowledgement leaves the entry pending to a live replica
+    that no longer runs it: the replica takes it back after dead_after_s."""
+    queue = await replica(redis, keys, "r1", dead_after_s=0.3)
+    await RequestQueue(redis, keys).enqueue("r1", record("orphan"))
+    (held,) = await queue.pull()
+    assert await queue.claim_from_dead() == []  # not idle long enough
+    await asyncio.sleep(0.35)
+    (swept,) = await queue.claim_from_dead()
+    assert (swept.entry_id, swept.delivery_count) == (held.entry_id, 2)
+    assert await queue.claim_from_dead() == []  # one sweep per dead_after_s
+    assert await queue.ack(swept)
+
+
 async def test_touched_entries_of_a_live_replica_are_not_claimed(redis, keys):
     slow = await replica(redis, keys, "slow", dead_after_s=0.2)
     other = await replica(redis, keys, "other", dead_after_s=0.2)
