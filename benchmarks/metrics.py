@@ -38,6 +38,7 @@ class RequestRecord:
     usage_source: str = "counted"  # "usage" = the server's usage chunk, else o200k counts
     error: str | None = None  # error type, e.g. http_429, timeout, invalid_response
     error_detail: str | None = None
+    retry_after_s: float | None = None  # the Retry-After a refusal (429, 503, 409) carried
     tag: str = ""
     output_text: str = ""  # kept in memory for multi-turn history, not written to reports
 

@@ -110,10 +110,11 @@ class ClientPool:
 
 
 class _StreamFailure(Exception):
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, retry_after_s: float | None = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -144,6 +145,7 @@ async def send_chat(
         _finish(state, messages, record)
     except _StreamFailure as failure:
         _fail(record, failure.kind, failure.detail)
+        record.retry_after_s = failure.retry_after_s
     except TimeoutError:
         _fail(record, "timeout", f"no complete answer within {endpoint.timeout_s:g} s")
     except httpx.TimeoutException as err:
@@ -168,7 +170,11 @@ async def _stream(
     ) as response:
         if response.status_code != 200:
             raw = await response.aread()
-            raise _StreamFailure(f"http_{response.status_code}", _error_message(raw))
+            raise _StreamFailure(
+                f"http_{response.status_code}",
+                _error_message(raw),
+                _seconds(response.headers.get("retry-after")),
+            )
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
                 continue  # blank separators, comments, `event:` lines
@@ -246,6 +252,14 @@ def _text_of(message: dict[str, Any]) -> str:
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
         return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content or "")
+
+
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (the HTTP-date form is not used by these servers)."""
+    try:
+        return float(header) if header is not None else None
+    except ValueError:
+        return None
 
 
 def _error_message(raw: bytes) -> str:

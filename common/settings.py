@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # --- redis ---------------------------------------------------------------------------------
     redis_url: SecretStr | None = None  # may embed a password: kept secret
     redis_namespace: str = "oss-serve"
+    # Redis replicas that must hold a request record before it counts as queued (WAIT);
+    # None = 1 for a redis+sentinel:// URL (a failover then loses no queued request), else 0
+    redis_replica_acks: int | None = None
 
     # --- router / API ----------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -131,10 +134,16 @@ class Settings(BaseSettings):
     api_key_requests_per_min: int = 0  # rate limits of the --api-key key (0 = unlimited)
     api_key_tokens_per_min: int = 0
     max_request_body_bytes: int = 8 * 1024 * 1024  # larger bodies: HTTP 413
+    http_stall_timeout_s: float = 60.0  # a client that reads nothing this long is disconnected
     max_request_messages: int = 4096  # messages / input items per request (400 beyond)
     max_request_tools: int = 256
     max_request_n: int = 16  # choices per request
     response_store_ttl_s: int = 24 * 3600  # stored Responses for previous_response_id
+    # a retry with the same request id (gRPC options.request_id, HTTP Idempotency-Key) replays
+    # the stored answer for this long; while the first attempt runs it gets 409, and a dead
+    # router's attempts are forgotten after the lease
+    idempotency_ttl_s: int = 24 * 3600
+    idempotency_lease_s: float = 10.0
 
     @field_validator("lora_modules")
     @classmethod

@@ -9,6 +9,7 @@ Responses API plans its own prompt (another rendering) and shares the rest.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ async def open_chat(
             sampling=seeded(plan.sampling, index),
             model=options.model,
             request_id=options.request_id,
+            choice=index,
             session_key=options.session_key or plan.session_key,
             lane=options.lane,
             priority=options.priority,
@@ -188,7 +190,9 @@ async def _parsed(
     on_tokens: Callable[[TokenChunk], None] | None,
 ) -> AsyncGenerator[ChatChunk, None]:
     """Generate and parse; the last chunk has finish_reason + usage (reasoning included)."""
-    parser = HarmonyStreamParser(function_names=function_names)
+    parser = HarmonyStreamParser(
+        function_names=function_names, tool_call_id_prefix=_call_id_prefix(request)
+    )
     tracker = pipeline.gate.track(caller, request.model)
     stream = pipeline.tracked(caller, request, on_tokens, tracker=tracker)
     async with aclosing(stream) as chunks:
@@ -206,6 +210,15 @@ async def _parsed(
                 tracker.finish(out.finish_reason, out.usage)
             if not out.is_empty():
                 yield out
+
+
+def _call_id_prefix(request: GenerationRequest) -> str | None:
+    """Tool call ids of a request with a client id are derived from it, so that a retry's
+    replayed answer names its calls as the first one did (random otherwise)."""
+    if not request.request_id:
+        return None
+    digest = hashlib.sha256(f"{request.request_id}:{request.choice}".encode()).hexdigest()
+    return f"call_{digest[:16]}_"
 
 
 def _chunk_of(request_id: str, events: list[HarmonyEvent]) -> ChatChunk:

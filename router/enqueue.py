@@ -6,11 +6,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from oss_serve.common.logging import get_logger
 from oss_serve.protos import replica_link_pb2
 from oss_serve.streams.backlog import undelivered
 from oss_serve.streams.keys import LANES, OVERFLOW, RedisKeys
 from oss_serve.streams.records import encode_record
 from oss_serve.streams.redis_client import retry_transient
+
+log = get_logger(__name__)
 
 # XADD only while the target replica's heartbeat key lives: an entry is never left in the
 # stream of a replica that routers can no longer see (the overflow stream has no key).
@@ -31,12 +34,27 @@ class ReplicaGone(Exception):
 
 
 class RequestQueue:
-    """XADD request records to replica (or overflow) streams, with Redis-restart retries."""
+    """XADD request records to replica (or overflow) streams, with Redis-restart retries.
 
-    def __init__(self, redis: Redis, keys: RedisKeys, *, retry_timeout_s: float = 15.0) -> None:
+    With `replica_acks` > 0 an enqueue counts only once that many Redis replicas hold the
+    record (WAIT on the same connection, up to `replica_ack_timeout_ms`): a failover to a
+    replica then loses no request a client was told is queued.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        *,
+        retry_timeout_s: float = 15.0,
+        replica_acks: int = 0,
+        replica_ack_timeout_ms: int = 500,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._retry_timeout_s = retry_timeout_s
+        self._replica_acks = replica_acks
+        self._replica_ack_timeout_ms = replica_ack_timeout_ms
         self._enqueue = redis.register_script(_ENQUEUE_SCRIPT)
 
     async def enqueue(
@@ -59,7 +77,15 @@ class RequestQueue:
         args: list[str | bytes] = [alive_key, field, payload, session, target, ttl_ms]
 
         async def run() -> Any:
-            return await self._enqueue(keys=[stream], args=args)
+            if not self._replica_acks:
+                return await self._enqueue(keys=[stream], args=args)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await self._enqueue(keys=[stream], args=args, client=pipe)
+                pipe.wait(self._replica_acks, self._replica_ack_timeout_ms)
+                added, acks = await pipe.execute()
+            if added is not None and acks < self._replica_acks:
+                log.warning("request queued on fewer Redis replicas than asked", replicas=acks)
+            return added
 
         entry_id = await retry_transient(
             run, what="enqueueing a request", timeout_s=self._retry_timeout_s

@@ -18,10 +18,18 @@ class RequestError(Exception):
     error_type: str = "server_error"  # OpenAI error body "type"
     code: str | None = None  # OpenAI error body "code"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.retry_after_s = None if retry_after_s is None else max(1.0, float(retry_after_s))
+
+    @property
+    def retry_after_header(self) -> str | None:
+        """The whole seconds for a Retry-After header (HTTP) or metadata (gRPC), if any."""
+        return None if self.retry_after_s is None else str(math.ceil(self.retry_after_s))
 
 
 class InvalidRequest(RequestError, ValueError):
@@ -55,13 +63,7 @@ class Overloaded(RequestError):
     code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = max(1.0, float(retry_after_s))
-
-    @property
-    def retry_after_header(self) -> str:
-        """The whole seconds for a Retry-After header (HTTP) or metadata (gRPC)."""
-        return str(math.ceil(self.retry_after_s))
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class RateLimited(Overloaded):
@@ -71,6 +73,16 @@ class RateLimited(Overloaded):
         super().__init__(message, retry_after_s=retry_after_s)
         self.limit = limit
         self.code = f"rate_limit_{limit}"
+
+
+class IdempotencyConflict(RequestError):
+    """A request id reused for a different request, or whose first attempt still runs
+    (then with a retry-after): HTTP 409."""
+
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    http_status = 409
+    error_type = "invalid_request_error"
+    code = "idempotency_conflict"
 
 
 class Unavailable(RequestError):

@@ -18,12 +18,12 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
 from oss_serve.router.chat import ChatChunk, ChatOptions, open_chat, plan_chat
 from oss_serve.router.detokenize import Detokenizer
-from oss_serve.router.errors import InvalidRequest, Overloaded, RequestError
+from oss_serve.router.errors import InvalidRequest, RequestError
 from oss_serve.router.gate import Caller, presented_key
 from oss_serve.router.pipeline import GenerationRequest, RequestPipeline, TokenChunk
 from oss_serve.streams.records import lane_name
@@ -121,14 +121,14 @@ async def _relaying(
 
 async def _abort(context: grpc.aio.ServicerContext, err: RequestError) -> NoReturn:
     metadata: list[tuple[str, str | bytes]] = []
-    if isinstance(err, Overloaded):
+    if err.retry_after_header is not None:  # overloaded, rate limited, a retry still running
         retry = error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(seconds=int(err.retry_after_header))
         )
         detail = any_pb2.Any()
         detail.Pack(retry)
         status = status_pb2.Status(
-            code=code_pb2.RESOURCE_EXHAUSTED, message=err.message, details=[detail]
+            code=err.grpc_code.value[0], message=err.message, details=[detail]
         )
         metadata = [
             ("retry-after", err.retry_after_header),

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from oss_serve.common.kv_hash import adapter_extra_key
 from oss_serve.common.logging import get_logger
+from oss_serve.common.tasks import detach
 from oss_serve.common.vocab import STOP_TOKEN_IDS
 from oss_serve.protos import inference_pb2, replica_link_pb2
 from oss_serve.router.admission import Admission
@@ -34,6 +35,7 @@ from oss_serve.router.errors import (
     Unavailable,
 )
 from oss_serve.router.gate import Caller, Gate, RequestTracker
+from oss_serve.router.idempotency import IdempotencyStore, IdempotentRequest, fingerprint
 from oss_serve.router.link import LinkEvent, LinkHub, OwnedRequest
 from oss_serve.router.policies import Candidate, RouteRequest, RoutingPolicy
 from oss_serve.router.prefix_index import PromptBlocks
@@ -58,7 +60,8 @@ class GenerationRequest:
     prompt_token_ids: Sequence[int]
     sampling: inference_pb2.SamplingParams = field(default_factory=inference_pb2.SamplingParams)
     model: str = ""
-    request_id: str = ""  # the client's id, echoed back; routing uses an internal unique id
+    request_id: str = ""  # the client's id, echoed back; a retry with it replays the answer
+    choice: int = 0  # which of the client request's n choices this is
     session_key: str = ""
     lane: str = LANES[0]
     priority: int = 0
@@ -95,6 +98,7 @@ class RequestPipeline:
         gate: Gate,
         limits: RequestLimits,
         config: PipelineConfig,
+        idempotency: IdempotencyStore | None = None,
     ) -> None:
         self.view = view
         self.hub = hub
@@ -104,6 +108,7 @@ class RequestPipeline:
         self.gate = gate
         self.limits = limits
         self.config = config
+        self.idempotency = idempotency
 
     # --- the entry points of the front ends ------------------------------------------------
 
@@ -155,7 +160,7 @@ class RequestPipeline:
         finishes_here = tracker is None
         tracker = tracker or self.gate.track(caller, request.model)
         try:
-            async with aclosing(self.generate(request)) as chunks:
+            async with aclosing(self._retry_safe(caller, request)) as chunks:
                 async for chunk in chunks:
                     tracker.on_tokens(len(chunk.token_ids), chunk.queue_time_s)
                     if on_tokens is not None:
@@ -165,6 +170,22 @@ class RequestPipeline:
                     yield chunk
         finally:
             tracker.close()
+
+    def _retry_safe(
+        self, caller: Caller, request: GenerationRequest
+    ) -> AsyncGenerator[TokenChunk, None]:
+        """generate(), or the stored answer of an earlier attempt with the same request id."""
+        if not request.request_id or self.idempotency is None:
+            return self.generate(request)
+        identity = IdempotentRequest(
+            caller.key.key_id, request.request_id, request.choice, _fingerprint(request)
+        )
+        return self.idempotency.run(
+            identity,
+            lambda: self.generate(request),
+            replay=lambda stored: _replayed(request.request_id, stored),
+            completion=_completion,
+        )
 
     # --- admit -> route -> enqueue -> stream back -------------------------------------------
 
@@ -347,7 +368,7 @@ class RequestPipeline:
         """
         told_replica = self.hub.cancel(owned.request_id, "client cancelled")
         if not told_replica and owned.stream and owned.entry_id:
-            _detach(self._withdraw(owned.stream, owned.entry_id))
+            detach(self._withdraw(owned.stream, owned.entry_id))
 
     async def _withdraw(self, stream: str, entry_id: str) -> None:
         with suppress(Exception):
@@ -366,16 +387,40 @@ def _merge_queued(event: LinkEvent, events: asyncio.Queue[LinkEvent]) -> LinkEve
     return event
 
 
+def _fingerprint(request: GenerationRequest) -> str:
+    """What makes a retry the same request: prompt, parameters, model, lane, priority."""
+    return fingerprint(
+        b",".join(str(t).encode() for t in request.prompt_token_ids),
+        request.sampling.SerializeToString(deterministic=True),
+        request.model.encode(),
+        request.lane.encode(),
+        str(request.priority).encode(),
+    )
+
+
+def _completion(chunks: list[TokenChunk]) -> inference_pb2.GenerateResponse:
+    """A finished generation in one message, as stored for retries."""
+    stored = inference_pb2.GenerateResponse(
+        token_ids=[t for c in chunks for t in c.token_ids],
+        logprobs=[lp for c in chunks for lp in c.logprobs],
+        finish_reason=chunks[-1].finish_reason,
+    )
+    if chunks[-1].usage is not None:
+        stored.usage.CopyFrom(chunks[-1].usage)
+    return stored
+
+
+def _replayed(client_id: str, stored: inference_pb2.GenerateResponse) -> TokenChunk:
+    return TokenChunk(
+        client_id,
+        list(stored.token_ids),
+        list(stored.logprobs),
+        stored.finish_reason,
+        usage=stored.usage,
+        queue_time_s=0.0,
+    )
+
+
 def _session_hash(session_key: str) -> str:
     """Session keys are user input: store a fixed-size digest, never the raw key."""
     return hashlib.sha256(session_key.encode()).hexdigest()[:32]
-
-
-_background: set[asyncio.Task[None]] = set()
-
-
-def _detach(coroutine: object) -> None:
-    """Run clean-up even though the calling task is being cancelled."""
-    task = asyncio.ensure_future(coroutine)  # type: ignore[call-overload]
-    _background.add(task)
-    task.add_done_callback(_background.discard)

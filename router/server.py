@@ -30,6 +30,7 @@ from oss_serve.router.cluster_view import ClusterView
 from oss_serve.router.enqueue import RequestQueue
 from oss_serve.router.gate import Gate
 from oss_serve.router.grpc_api import InferenceService
+from oss_serve.router.idempotency import IdempotencyStore
 from oss_serve.router.link import LinkHub
 from oss_serve.router.link_guard import ClusterTokenGuard
 from oss_serve.router.metrics import RouterMetrics
@@ -39,7 +40,7 @@ from oss_serve.router.prefix_index import PrefixIndex
 from oss_serve.router.request_limits import RequestLimits
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventFollower
-from oss_serve.streams.redis_client import connect_from
+from oss_serve.streams.redis_client import connect_from, is_sentinel_url
 
 log = get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -53,6 +54,7 @@ class RouterServer:
             router_id or f"router-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
         self.redis = connect_from(settings)
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
         keys = self._keys = RedisKeys(settings.redis_namespace)
         self.index = PrefixIndex(settings.prefix_index_max_blocks)
         self.view = ClusterView(self.redis, keys, self.index)
@@ -66,8 +68,17 @@ class RouterServer:
         self._link_server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
-        self._queue = RequestQueue(self.redis, keys)
+        self._queue = RequestQueue(
+            self.redis, keys, replica_acks=_replica_acks(settings.redis_replica_acks, redis_url)
+        )
         self.pipeline: RequestPipeline | None = None
+        self.idempotency = IdempotencyStore(
+            self.redis,
+            keys,
+            self.router_id,
+            lease_s=settings.idempotency_lease_s,
+            ttl_s=settings.idempotency_ttl_s,
+        )
 
     @property
     def address(self) -> str:
@@ -113,6 +124,7 @@ class RouterServer:
                 reply_to=self.link_address,
                 session_ttl_s=settings.session_ttl_s,
             ),
+            idempotency=self.idempotency,
         )
         inference_pb2_grpc.add_InferenceServicer_to_server(
             InferenceService(self.pipeline), self._server
@@ -124,6 +136,7 @@ class RouterServer:
             asyncio.create_task(self.view.run()),
             asyncio.create_task(self.events.run()),
             asyncio.create_task(self._report_health()),
+            asyncio.create_task(self.idempotency.renew_forever()),
         ]
         log.info(
             "router started",
@@ -213,6 +226,13 @@ class RouterServer:
         await stop_tasks(self._tasks)
         await self.redis.aclose()
         log.info("router stopped", router_id=self.router_id)
+
+
+def _replica_acks(configured: int | None, redis_url: str) -> int:
+    """Redis replicas a queued record must reach: behind Sentinel, one unless told otherwise."""
+    if configured is not None:
+        return configured
+    return 1 if is_sentinel_url(redis_url) else 0
 
 
 def _is_loopback(host: str) -> bool:

@@ -17,6 +17,7 @@ several deployments can share one Redis. Layout:
 - `{ns}:session:{session_key}`     string: replica id a sticky session is routed to (TTL)
 - `{ns}:lora-adapters`             hash: LoRA adapter name -> JSON load/unload order (routers
                                    write it, replicas with --enable-lora follow it)
+- `{ns}:idem:{key_id}:{id}:{choice}`  hash: a client request id's attempt or stored answer (TTL)
 
 Every request stream has one consumer group, CONSUMER_GROUP; consumers are replica ids.
 """
@@ -81,6 +82,9 @@ class RedisKeys:
     @property
     def lora_adapters(self) -> str:
         return f"{self.namespace}:lora-adapters"
+
+    def idempotency(self, key_id: str, request_digest: str, choice: int) -> str:
+        return f"{self.namespace}:idem:{key_id}:{request_digest}:{choice}"
 
     def replica_streams(self, replica_id: str) -> list[str]:
         """A replica's request streams, highest-priority lane first."""

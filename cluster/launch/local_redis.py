@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -100,14 +101,21 @@ class LocalRedis:
         appendonly: bool = True,
         end_with_parent: bool = False,
         password: str | None = None,
+        config_file: Path | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         """`end_with_parent`: Redis gets SIGTERM when the starting thread ends (Linux). It
         needs a child hook between fork and exec, which is only safe while the process has
-        no other threads: start it early, from the main thread (as `oss-serve up` does)."""
+        no other threads: start it early, from the main thread (as `oss-serve up` does).
+
+        `config_file` and `extra_args` make other roles of the same binary: a replica
+        (`--replicaof host port`) or a sentinel (a config file it may rewrite, `--sentinel`)."""
         self.data_dir = data_dir
         self.port = port or free_port(self.host)
         self.appendonly = appendonly
         self.password = password  # clients must AUTH with it (requirepass)
+        self.config_file = config_file
+        self.extra_args = tuple(extra_args)
         self.end_with_parent = end_with_parent and _PRCTL is not None
         self.binary = redis_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
@@ -128,6 +136,8 @@ class LocalRedis:
         log_file = self.data_dir / "redis.log"
         args = [
             str(self.binary),
+            *([str(self.config_file)] if self.config_file is not None else []),
+            *self.extra_args,
             "--port", str(self.port),
             "--bind", self.host,
             "--dir", str(self.data_dir),

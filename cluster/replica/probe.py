@@ -19,7 +19,7 @@ import redis
 from oss_serve.cluster.autoscale.signals import redis_now_s
 from oss_serve.common.settings import Settings, load_settings
 from oss_serve.streams.keys import RedisKeys
-from oss_serve.streams.redis_client import sync_client_from
+from oss_serve.streams.redis_client import connect_from
 
 
 def heartbeat_age_s(client: redis.Redis, keys: RedisKeys, replica_id: str) -> float | None:
@@ -35,7 +35,7 @@ def check(settings: Settings, max_age_s: float) -> tuple[bool, str]:
         return False, "OSS_SERVE_REPLICA_ID is not set"
     if settings.redis_url is None:
         return False, "OSS_SERVE_REDIS_URL is not set"
-    client = sync_client_from(settings, socket_timeout=3, socket_connect_timeout=3)
+    client = connect_from(settings, blocking=True, socket_timeout_s=3)
     try:
         age = heartbeat_age_s(client, RedisKeys(settings.redis_namespace), settings.replica_id)
     except redis.RedisError as err:

@@ -59,6 +59,8 @@ class Puller:
                     await self._wait_for_room()
                     continue
                 backlog.popleft()
+                if delivery.entry_id in self.inflight.deliveries:  # delivered again while it
+                    continue  # runs here (a Redis failover lost the read): one run is enough
                 self.inflight.pulled(delivery, prompt_len)
                 self._serve(delivery)
             except TRANSIENT_ERRORS as err:

@@ -95,6 +95,8 @@ class ReplicaQueue:
         self._touch = redis.register_script(_TOUCH_SCRIPT)
         self._missing_since: dict[str, float] = {}
         self.dead_replicas: list[str] = []
+        self._pulls = 0
+        self._next_sweep = time.monotonic() + self.dead_after_s
 
     # --- registry -----------------------------------------------------------------------
 
@@ -122,21 +124,26 @@ class ReplicaQueue:
 
     # --- pulling --------------------------------------------------------------------------
 
-    def read_order(self) -> list[str]:
-        """Streams in the order they are read: per lane, own, overflow, then dead replicas'."""
+    def read_order(self, overflow_first: bool = False) -> list[str]:
+        """Streams in the order they are read: per lane, own and overflow (in the order
+        asked), then dead replicas'."""
         order = []
         for lane in LANES:
-            order.append(self._keys.request_stream(self.replica_id, lane))
-            order.append(self._keys.overflow_stream(lane))
+            own = self._keys.request_stream(self.replica_id, lane)
+            shared = self._keys.overflow_stream(lane)
+            order.extend([shared, own] if overflow_first else [own, shared])
             order.extend(self._keys.request_stream(dead, lane) for dead in self.dead_replicas)
         return order
 
     async def pull(self, block_ms: int = 0) -> list[Delivery]:
         """The next undelivered entry in priority order; if none, wait up to block_ms for any.
 
+        Own stream and overflow take turns to be read first, so that under sustained load
+        (the own stream never empty) the overflow entries are not starved.
         A wait can return one entry from each of several streams: all are this replica's.
         """
-        streams = self.read_order()
+        self._pulls += 1
+        streams = self.read_order(overflow_first=self._pulls % 2 == 0)
         for stream in streams:
             got = await self._read_group({stream: ">"}, block_ms=None)
             if got:
@@ -158,12 +165,21 @@ class ReplicaQueue:
         return [await self._with_delivery_count(d) for d in held]
 
     async def claim_from_dead(self, count: int = 1) -> list[Delivery]:
-        """XAUTOCLAIM up to `count` entries left by dead replicas (idle for dead_after_s)."""
-        if not self.dead_replicas:
-            return []
-        streams = self._overflow_streams()
+        """XAUTOCLAIM up to `count` entries left by dead replicas (idle for dead_after_s).
+
+        Once every dead_after_s this replica's own streams and the overflow are swept too:
+        an entry there idle that long has no live holder either (a Redis failover can lose
+        the acknowledgement of a finished request); its Start tells whether it still runs.
+        """
+        streams: list[str] = []
+        if self.dead_replicas:
+            streams = self._overflow_streams()
         for dead in self.dead_replicas:
             streams = self._keys.replica_streams(dead) + streams
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + self.dead_after_s
+            own = self._keys.replica_streams(self.replica_id) + self._overflow_streams()
+            streams = [*own, *(s for s in streams if s not in own)]
         claimed: list[Delivery] = []
         for stream in streams:
             if len(claimed) >= count:

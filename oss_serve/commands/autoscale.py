@@ -49,7 +49,7 @@ def autoscale(
     )
     from oss_serve.cluster.autoscale.metrics import AutoscalerMetrics
     from oss_serve.streams.keys import RedisKeys
-    from oss_serve.streams.redis_client import sync_client_from
+    from oss_serve.streams.redis_client import connect_from
 
     settings = settings_from_flags(config)
     if settings.redis_url is None:
@@ -58,7 +58,7 @@ def autoscale(
         autoscaler_config = load_config(policy)
     except PolicyFileError as err:
         fail(str(err))
-    client = sync_client_from(settings, socket_timeout=10)
+    client = connect_from(settings, blocking=True, socket_timeout_s=10)
     metrics = AutoscalerMetrics()
     if metrics_port is not None:
         metrics.serve(metrics_port)

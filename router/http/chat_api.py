@@ -105,7 +105,7 @@ async def create_chat_completion(request: Request, ctx: ApiContext) -> Response:
         ctx.pipeline,
         caller,
         plan.harmony,
-        options_of(parsed),
+        options_of(parsed, idempotency_key=request.headers.get("idempotency-key", "")),
         n=parsed.n,
         on_tokens=[choice.on_tokens for choice in choices],
     )
@@ -116,8 +116,9 @@ async def create_chat_completion(request: Request, ctx: ApiContext) -> Response:
     return JSONResponse(_completion_json(plan, choices, completion_id, result))
 
 
-def options_of(request: SamplingFields) -> ChatOptions:
-    return ChatOptions(model=request.model, priority=request.priority)
+def options_of(request: SamplingFields, *, idempotency_key: str = "") -> ChatOptions:
+    """`idempotency_key` (the Idempotency-Key header): a retry with it replays the answer."""
+    return ChatOptions(model=request.model, priority=request.priority, request_id=idempotency_key)
 
 
 async def _collect(

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oss_serve.common.logging import get_logger
-from oss_serve.router.errors import Overloaded, RequestError
+from oss_serve.router.errors import RequestError
 
 log = get_logger(__name__)
 SAMPLING_PREFIX = "sampling."
@@ -70,7 +70,7 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
 def from_request_error(err: RequestError) -> ApiError:
     """The pipeline's errors keep their HTTP status; 429 carries Retry-After."""
     headers = {}
-    if isinstance(err, Overloaded):
+    if err.retry_after_header is not None:
         headers["Retry-After"] = err.retry_after_header
     # the pipeline names sampling fields as in its protobuf (`sampling.x`); here they are top-level
     param = err.field.removeprefix(SAMPLING_PREFIX) if err.field else None

@@ -16,6 +16,7 @@ from oss_serve.common.security import TlsFiles
 from oss_serve.common.settings import Settings
 from oss_serve.router.http.app import create_app
 from oss_serve.router.http.context import ApiContext
+from oss_serve.router.http.slow_clients import StallLimit
 from oss_serve.streams.keys import RedisKeys
 
 if TYPE_CHECKING:
@@ -47,14 +48,22 @@ class _Server(uvicorn.Server):
 
 
 class HttpServer:
-    def __init__(self, app: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        tls: TlsFiles | None = None,
+        *,
+        stall_timeout_s: float = 60.0,
+    ) -> None:
         self.app = app
         self.host = host
         self.tls = tls if tls is not None and tls.serves_tls else None
         self._socket = _bind(host, port)
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
-            app,
+            StallLimit(app, stall_timeout_s),
             lifespan="off",
             access_log=False,
             log_level="warning",
@@ -111,6 +120,7 @@ async def start_http_api(router: RouterServer, settings: Settings) -> HttpServer
         settings.host,
         settings.http_port,
         TlsFiles.from_settings(settings),
+        stall_timeout_s=settings.http_stall_timeout_s,
     )
     await server.start()
     return server

@@ -54,13 +54,24 @@ async def first_then_rest(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return replay()
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes its frames however the response ends (a failed or stalled write included),
+    so the request is cancelled at once rather than when the generator is collected."""
+
+    async def stream_response(self, send: Any) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 async def streaming_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
     try:
         body = await first_then_rest(frames)
     except BaseException:
         await frames.aclose()  # type: ignore[attr-defined]
         raise
-    return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    return _ClosingStreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -189,12 +189,13 @@ def test_no_secret_value_is_rendered(values):
                 if "valueFrom" in env:
                     assert "secretKeyRef" in env["valueFrom"], (where, env["name"])
                 else:  # only a URL composed from a secret-backed variable
+                    url = env["value"]
                     assert re.fullmatch(
-                        r"redis://:\$\(OSS_SERVE_REDIS_PASSWORD\)@[^ ]+", env["value"]
-                    ), (
-                        where,
-                        env["name"],
-                    )
+                        r"redis(\+sentinel)?://:\$\(OSS_SERVE_REDIS_PASSWORD\)@[^ ]+", url
+                    ), (where, env["name"])
+                    assert set(re.findall(r"password=([^&]+)", url)) <= {
+                        "$(OSS_SERVE_REDIS_PASSWORD)"
+                    }
     text = render_text(values)
     assert "requirepass" not in text.replace("requirepass $REDIS_PASSWORD", "")
 
@@ -219,20 +220,25 @@ def test_network_policies_isolate_redis(values):
     for policy in policies.values():
         for rule in policy["spec"].get("ingress", []):
             assert rule.get("from"), f"{policy['metadata']['name']} has a rule open to all"
-    if chart_values(values)["redis"]["mode"] != "internal":
+    mode = chart_values(values)["redis"]["mode"]
+    if mode == "external":
         assert "oss-serve-redis" not in policies
         return
     redis_policy = policies["oss-serve-redis"]["spec"]
     assert redis_policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "redis"
     (rule,) = redis_policy["ingress"]
-    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+    ports = [{"port": "redis", "protocol": "TCP"}]
+    if mode == "sentinel":  # the sentinels' port too, and the Redis pods among themselves
+        ports.append({"port": "sentinel", "protocol": "TCP"})
+    assert rule["ports"] == ports
     peers = rule["from"]
     components = {
         p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
         for p in peers
         if "namespaceSelector" not in p
     }
-    assert components == {"router", "replica", "autoscaler"}
+    own = {"redis"} if mode == "sentinel" else set()
+    assert components == {"router", "replica", "autoscaler"} | own
     for peer in peers:
         if "namespaceSelector" in peer:  # only KEDA's operator, when KEDA is on
             assert chart_values(values)["keda"]["enabled"]
@@ -297,6 +303,58 @@ def test_external_redis_deploys_no_redis_and_reads_the_url_from_the_secret():
         "key": "redis-url",
     }
     assert env["OSS_SERVE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "oss-serve-api-keys"
+
+
+def test_sentinel_mode_runs_a_primary_replicas_and_a_sentinel_in_each_pod():
+    values = next(p for p in VALUE_SETS if p.name == "sentinel-values.yaml")
+    objects = render(values)
+    (sts,) = of_kind(objects, "StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["serviceName"] == "oss-serve-redis-headless"
+    pod = sts["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["redis", "sentinel"]
+    assert pod["containers"][1]["command"] == ["sh", "/etc/redis/sentinel.sh"]
+    (service,) = [s for s in of_kind(objects, "Service") if "redis" in s["metadata"]["name"]]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
+        "redis": 6379,
+        "sentinel": 26379,
+    }
+    config = next(
+        c for c in of_kind(objects, "ConfigMap") if c["metadata"]["name"] == "oss-serve-redis"
+    )["data"]
+    assert "sentinel monitor oss-serve $PRIMARY 6379 2" in config["sentinel.sh"]
+    assert "sentinel down-after-milliseconds oss-serve 5000" in config["sentinel.sh"]
+    assert 'FOLLOW="replicaof $PRIMARY 6379"' in config["redis.sh"]
+    sentinels = ",".join(
+        f"oss-serve-redis-{i}.oss-serve-redis-headless.{NAMESPACE}.svc:26379" for i in range(3)
+    )
+    for where, template in pod_templates(objects):
+        for c in containers(template):
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            if "OSS_SERVE_REDIS_URL" in env:
+                assert env["OSS_SERVE_REDIS_URL"] == (
+                    f"redis+sentinel://:$(OSS_SERVE_REDIS_PASSWORD)@{sentinels}/oss-serve/0"
+                    "?sentinel_password=$(OSS_SERVE_REDIS_PASSWORD)"
+                ), where
+    for scaled in of_kind(objects, "ScaledObject"):
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["type"] == "redis-sentinel-streams"
+            assert trigger["metadata"]["addresses"] == sentinels
+            assert trigger["metadata"]["sentinelMaster"] == "oss-serve"
+    (auth,) = of_kind(objects, "TriggerAuthentication")
+    assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {
+        "password",
+        "sentinelPassword",
+    }
+
+
+def test_a_sentinel_quorum_above_the_pod_count_is_refused():
+    from tests.helm.render import render_error
+
+    error = render_error("redis.mode=sentinel", "redis.sentinel.quorum=4")
+    assert "redis.sentinel.quorum" in error
+    assert "replicas" in render_error("redis.mode=sentinel", "redis.sentinel.replicas=2")
 
 
 def test_keda_on_scales_one_deployment_per_pool_and_drops_the_autoscaler():

@@ -4,6 +4,7 @@ subprocesses against a real redis-server, and a plain gRPC client."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,16 @@ def start_router(
         *extra_args,
     ]
     return Proc(args, folder / f"{name}.log", _env(namespace, env)), f"127.0.0.1:{port}"
+
+
+def http_url(router: Proc, timeout_s: float = 60.0) -> str:
+    """The HTTP API's URL an `oss-serve router` started with `--http-port 0` printed."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := re.search(r"serving HTTP on (http://[\d.]+:\d+)", router.log())):
+        if not router.alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"no HTTP API:\n{router.log()[-2000:]}")
+        time.sleep(0.1)
+    return found.group(1)
 
 
 def prefix_queries(

@@ -61,6 +61,23 @@ checkov.io/skip4: CKV_K8S_38=The autoscaler patches replica counts through the K
 {{/* Names of the parts. */}}
 {{- define "oss-serve.routerName" -}}{{ include "oss-serve.fullname" . }}-router{{- end -}}
 {{- define "oss-serve.redisName" -}}{{ include "oss-serve.fullname" . }}-redis{{- end -}}
+
+{{/* The headless Service that names each Redis pod (mode sentinel). */}}
+{{- define "oss-serve.redisHeadlessName" -}}{{ include "oss-serve.redisName" . }}-headless{{- end -}}
+
+{{/*
+host:port of every sentinel (one per Redis pod), comma-separated, as a redis+sentinel://
+URL and KEDA's redis-sentinel-streams scaler list them.
+*/}}
+{{- define "oss-serve.sentinelAddresses" -}}
+{{- $name := include "oss-serve.redisName" . -}}
+{{- $domain := printf "%s.%s.svc" (include "oss-serve.redisHeadlessName" .) .Release.Namespace -}}
+{{- $addresses := list -}}
+{{- range $i := until (int .Values.redis.sentinel.replicas) -}}
+{{- $addresses = append $addresses (printf "%s-%d.%s:%d" $name $i $domain (int $.Values.redis.sentinel.port)) -}}
+{{- end -}}
+{{- join "," $addresses -}}
+{{- end -}}
 {{- define "oss-serve.rayClusterName" -}}{{ include "oss-serve.fullname" . }}-replicas{{- end -}}
 {{- define "oss-serve.autoscalerName" -}}{{ include "oss-serve.fullname" . }}-autoscaler{{- end -}}
 {{/* (dict "root" $ "pool" "a100") */}}
@@ -114,8 +131,13 @@ $(VAR) expansion, so that no secret value is ever rendered.
     secretKeyRef:
       name: {{ .Values.redis.internal.auth.existingSecret }}
       key: {{ .Values.redis.internal.auth.passwordKey }}
+{{- if eq .Values.redis.mode "sentinel" }}
+- name: OSS_SERVE_REDIS_URL
+  value: "redis+sentinel://:$(OSS_SERVE_REDIS_PASSWORD)@{{ include "oss-serve.sentinelAddresses" . }}/{{ .Values.redis.sentinel.masterSet }}/0?sentinel_password=$(OSS_SERVE_REDIS_PASSWORD)"
+{{- else }}
 - name: OSS_SERVE_REDIS_URL
   value: "redis://:$(OSS_SERVE_REDIS_PASSWORD)@{{ include "oss-serve.redisName" . }}:{{ .Values.redis.internal.port }}/0"
+{{- end }}
 {{- end }}
 - name: OSS_SERVE_CLUSTER_TOKEN
   valueFrom:
@@ -351,6 +373,11 @@ holds the GPUs and runs the engine's rank actors); with gpus=true it is the whol
 {{- with .Values.router.autoscaling }}
 {{- if and .enabled (gt (int .minReplicas) (int .maxReplicas)) }}
 {{- fail "router.autoscaling: minReplicas is above maxReplicas" }}
+{{- end }}
+{{- end }}
+{{- with .Values.redis.sentinel }}
+{{- if and (eq $.Values.redis.mode "sentinel") (gt (int .quorum) (int .replicas)) }}
+{{- fail (printf "redis.sentinel.quorum (%v) is above redis.sentinel.replicas (%v): no failover could ever be agreed" .quorum .replicas) }}
 {{- end }}
 {{- end }}
 {{- end -}}

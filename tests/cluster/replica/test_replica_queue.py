@@ -61,6 +61,16 @@ async def test_pull_reads_lanes_in_priority_order_own_before_overflow(redis, key
     assert order == ["own-interactive", "overflow-interactive", "own-batch", "overflow-batch"]
 
 
+async def test_overflow_entries_are_not_starved_by_a_busy_own_stream(redis, keys):
+    queue = await replica(redis, keys, "r1")
+    enqueue = RequestQueue(redis, keys)
+    for i in range(6):
+        await enqueue.enqueue("r1", record(f"own-{i}"))
+    await enqueue.enqueue(OVERFLOW, record("overflow"))
+    order = [d.record.request_id for _ in range(4) for d in await queue.pull()]
+    assert order == ["own-0", "overflow", "own-1", "own-2"]
+
+
 async def test_blocking_pull_wakes_when_a_request_arrives(redis, keys):
     queue = await replica(redis, keys, "r1")
     waiter = asyncio.create_task(queue.pull(block_ms=2000))
@@ -135,6 +145,20 @@ async def test_a_dead_replicas_entries_are_claimed_and_it_can_no_longer_ack(redi
     assert await survivor.ack(claimed) and await survivor.ack(undelivered)
     assert await survivor.remove_if_drained("dying")
     assert await redis.sismember(keys.replicas, "dying") == 0
+
+
+async def test_an_entry_left_pending_without_a_holder_is_swept_back(redis, keys):
+    """A failover that loses an acknowledgement leaves the entry pending to a live replica
+    that no longer runs it: the replica takes it back after dead_after_s."""
+    queue = await replica(redis, keys, "r1", dead_after_s=0.3)
+    await RequestQueue(redis, keys).enqueue("r1", record("orphan"))
+    (held,) = await queue.pull()
+    assert await queue.claim_from_dead() == []  # not idle long enough
+    await asyncio.sleep(0.35)
+    (swept,) = await queue.claim_from_dead()
+    assert (swept.entry_id, swept.delivery_count) == (held.entry_id, 2)
+    assert await queue.claim_from_dead() == []  # one sweep per dead_after_s
+    assert await queue.ack(swept)
 
 
 async def test_touched_entries_of_a_live_replica_are_not_claimed(redis, keys):

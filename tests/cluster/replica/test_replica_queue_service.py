@@ -9,6 +9,7 @@ import time
 import uuid
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 import torch
@@ -21,6 +22,7 @@ from oss_serve.cluster.replica.service import ReplicaService
 from oss_serve.common.settings import Settings
 from oss_serve.protos import inference_pb2, inference_pb2_grpc, replica_link_pb2
 from oss_serve.router.enqueue import RequestQueue
+from oss_serve.router.http.server import start_http_api
 from oss_serve.router.server import RouterServer
 from oss_serve.streams.keys import CONSUMER_GROUP, RedisKeys
 from oss_serve.streams.kv_events import KvEventPublisher
@@ -145,6 +147,33 @@ async def test_client_cancel_aborts_in_the_engine_and_frees_its_blocks_within_a_
     assert steps_taken <= 2, f"the engine ran {steps_taken} steps after the cancel"
     assert stack.engine.stats().kv_blocks_free == free_before
     assert await stack.pending() == 0  # acknowledged and deleted
+
+
+async def test_an_http_client_gone_mid_stream_stops_its_request_within_a_step(stack, router):
+    await stack.idle()
+    free_before = stack.engine.stats().kv_blocks_free
+    http = await start_http_api(router, router.settings.model_copy(update={"http_port": 0}))
+    body = {"prompt": list(range(500, 560)), "max_tokens": 900, "stream": True}
+    try:
+        async with (
+            httpx.AsyncClient(timeout=30) as client,
+            client.stream("POST", f"{http.url}/v1/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            received = 0
+            async for line in response.aiter_lines():
+                received += line.startswith("data:")
+                if received >= 3:
+                    break
+            assert stack.engine.stats().running == 1
+            steps_at_close = stack.engine.stats().num_steps
+        await stack.idle(timeout_s=5)  # the connection is closed: gone mid-stream
+    finally:
+        await http.stop()
+    steps_taken = stack.engine.stats().num_steps - steps_at_close
+    assert steps_taken <= 2, f"the engine ran {steps_taken} steps after the client left"
+    assert stack.engine.stats().kv_blocks_free == free_before
+    assert await stack.pending() == 0
 
 
 async def test_deadline_aborts_the_request_with_deadline_exceeded(stack, router):
