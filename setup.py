@@ -24,6 +24,7 @@ SUBPACKAGES = [
     "kernels",
     "cluster",
     "router",
+    "tools",
     "protos",
     "benchmarks",
 ]

@@ -145,6 +145,19 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
     idempotency_lease_s: float = 10.0
 
+    # --- server-side tools (Responses built-in tools and MCP servers) -----------------------
+    tools: list[Literal["python", "browser", "mcp"]] = []  # off unless enabled: --tools python,...
+    allow_unsandboxed_python: bool = False  # python without bubblewrap (weaker isolation)
+    python_timeout_s: float = 30.0  # CPU/wall limit of one python call
+    python_memory_mb: int = 512  # address-space limit of a session's python process
+    browser_docs_dir: Path | None = None  # folder the local browser backend indexes
+    browser_search_url: str | None = None  # an HTTP search API instead of the local index
+    browser_search_api_key: SecretStr | None = None
+    mcp_allowed_urls: list[str] = []  # MCP server URL prefixes a request may name
+    mcp_timeout_s: float = 30.0
+    tool_output_max_bytes: int = 16 * 1024  # a tool's output beyond this is cut, and says so
+    max_tool_calls: int = 16  # server-side calls per response when the request names none
+
     @field_validator("lora_modules")
     @classmethod
     def _lora_modules_parse(cls, values: list[str]) -> list[str]:

@@ -13,6 +13,7 @@ import grpc
 import httpx
 import openai
 import pytest
+import redis
 
 from oss_serve.protos import inference_pb2, inference_pb2_grpc
 from tests.router.http.stack import API_KEY, TINY_MODEL
@@ -91,10 +92,15 @@ def test_a_retry_while_the_first_attempt_runs_gets_409_with_retry_after(serving_
         )
     )
     first.start()
+    # the first attempt holds its record (state running) before the retry is sent
+    records = redis.Redis.from_url(serving_stack.redis_url, decode_responses=True)
     deadline = time.monotonic() + 30
-    while int(serving_stack.replica_load().get("running", 0)) < 1:
+    while not any(
+        records.hget(key, "state") == "running"
+        for key in records.scan_iter(f"{serving_stack.namespace}:idem:*")
+    ):
         assert time.monotonic() < deadline, "the first attempt never ran"
-        time.sleep(0.05)
+        time.sleep(0.02)
     retry = httpx.post(url, json=body, headers=headers, timeout=60)
     first.join(timeout=120)
     assert retry.status_code == 409, retry.text
