@@ -103,7 +103,7 @@ class BrowserExecutor:
         """The URL of each page the session opened, by cursor: what the model's
         citations `【{cursor}†...】` point at."""
         held = self._sessions.get(session)
-        return [page.url for page in held.pages] if held else []
+        return [page.cited_url for page in held.pages] if held else []
 
     async def call(self, call: ToolCall) -> ToolOutput:
         function = call.recipient.removeprefix("browser.")

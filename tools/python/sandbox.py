@@ -121,8 +121,10 @@ def bwrap_argv(bwrap: str, limits: SandboxLimits) -> list[str]:
         argv += ["--ro-bind-try", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--size", str(limits.tmp_bytes), "--tmpfs", SANDBOX_TMP]
+    # shared memory (multiprocessing) gets its own small tmpfs; the rest of /dev is read-only
+    argv += ["--size", str(limits.tmp_bytes // 4), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     argv += ["--ro-bind", str(KERNEL_PATH), KERNEL_IN_SANDBOX, "--chdir", SANDBOX_TMP]
-    argv += ["--remount-ro", "/"]  # the sandbox's own root too: /tmp is the one writable place
+    argv += ["--remount-ro", "/"]  # the sandbox's own root too: only /tmp and /dev/shm are writable
     for name, value in SANDBOX_ENV.items():
         argv += ["--setenv", name, value]
     return argv
