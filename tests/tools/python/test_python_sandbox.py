@@ -83,12 +83,13 @@ async def test_writing_outside_its_tmp_fails(sandboxed: PythonExecutor, tmp_path
         "    except OSError as error:\n"
         "        print('denied', path, error.strerror)\n"
         "open('/tmp/mine.txt', 'w').write('ok')\n"
-        "print(open('/tmp/mine.txt').read(), os.getcwd(), os.getuid())"
+        "open('kept.txt', 'w').write('data')\n"
+        "print(open('/tmp/mine.txt').read(), open('/mnt/data/kept.txt').read(), os.getcwd(), os.getuid())"
     )
     out = await sandboxed.call(cell(code))
     assert "wrote" not in out.text
     assert out.text.count("denied") == 5
-    assert "ok /tmp 65534" in out.text
+    assert "ok data /mnt/data 65534" in out.text
     assert not target.exists()
 
 
