@@ -71,7 +71,11 @@ def build_report(
             {
                 "load": result.point.to_json(),
                 **summarize(result.records, result.duration_s, slo),
-                "client": {"loop_lag_ms": distribution_ms(result.loop_lag_s)},
+                "client": {
+                    "loop_lag_ms": distribution_ms(result.loop_lag_s),
+                    "peak_rss_bytes": result.peak_rss_bytes,
+                },
+                "server_metrics": result.server_metrics,
                 "requests_detail": [record.to_json() for record in result.records],
             }
             for result in results
@@ -154,6 +158,35 @@ def summary_row(run: dict[str, Any], label: str | None = None) -> list[str]:
     ]
 
 
+BESIDE_COLUMNS = (
+    "load",
+    "prefix-cache hits / looked-up prompt tokens",
+    "bench loop lag p99 / max ms",
+    "bench peak RSS MiB",
+)
+
+
+def beside_row(run: dict[str, Any]) -> list[str]:
+    """What was measured beside the requests: the server's prefix cache, the bench itself."""
+    server = run.get("server_metrics") or {}
+    cache = server.get("prefix_cache")
+    if cache:
+        rate = cache["hit_rate"]
+        share = f" ({rate:.0%})" if rate is not None else ""
+        cache_cell = f"{cache['hit_tokens']:,} / {cache['query_tokens']:,}{share}"
+    else:
+        cache_cell = "–"
+    client = run.get("client", {})
+    lag = client.get("loop_lag_ms") or {}
+    rss = client.get("peak_rss_bytes")
+    return [
+        run["load"]["label"],
+        cache_cell,
+        f"{_fmt(lag.get('p99'))} / {_fmt(lag.get('max'))}",
+        _fmt(rss / 2**20, 0) if rss else "–",
+    ]
+
+
 def markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
     right = {i for i, name in enumerate(header) if name not in ("load", "run", "errors", "metric")}
     lines = ["| " + " | ".join(header) + " |"]
@@ -184,7 +217,18 @@ def markdown_report(document: dict[str, Any]) -> str:
         f"goodput SLO: {', '.join(bounds) or 'none'}.",
         "",
         markdown_table(SUMMARY_COLUMNS, [summary_row(run) for run in document["runs"]]),
+        "",
+        markdown_table(BESIDE_COLUMNS, [beside_row(run) for run in document["runs"]]),
     ]
+    errors = sorted(
+        {
+            str(server["error"])
+            for server in (run.get("server_metrics") for run in document["runs"])
+            if server and server.get("error")
+        }
+    )
+    if errors:
+        lines += ["", f"Server metrics not read: {'; '.join(errors)}."]
     busy = [run["load"]["label"] for run in document["runs"] if _client_was_busy(run)]
     if busy:
         lines += [
