@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ def build_report(
     results: list[LoadPointResult],
     started_unix_s: float,
     label: str | None = None,
+    load_average_start: list[float] | None = None,
 ) -> dict[str, Any]:
     """One JSON-ready document for a bench invocation (all load points of a sweep)."""
     return {
@@ -53,6 +55,10 @@ def build_report(
             "oss_serve_version": __version__,
             "python": platform.python_version(),
             "platform": platform.platform(terse=True),
+            "cpus": os.cpu_count(),
+            # the machine's 1/5/15-minute load averages: on a shared machine, what else ran
+            "load_average_start": load_average_start,
+            "load_average_end": load_average(),
         },
         "config": {
             "chat_url": endpoint.chat_url,
@@ -81,6 +87,10 @@ def build_report(
             for result in results
         ],
     }
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
 
 
 def write_json(document: dict[str, Any], path: Path) -> None:
@@ -229,6 +239,14 @@ def markdown_report(document: dict[str, Any]) -> str:
     )
     if errors:
         lines += ["", f"Server metrics not read: {'; '.join(errors)}."]
+    environment = document.get("environment", {})
+    start, end = environment.get("load_average_start"), environment.get("load_average_end")
+    if start and end:
+        lines += [
+            "",
+            f"Machine: {environment.get('cpus')} CPUs; 1-minute load average {start[0]:g} "
+            f"at the start, {end[0]:g} at the end (5-minute: {start[1]:g}, {end[1]:g}).",
+        ]
     busy = [run["load"]["label"] for run in document["runs"] if _client_was_busy(run)]
     if busy:
         lines += [

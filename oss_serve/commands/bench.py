@@ -280,9 +280,10 @@ def _run(
 ) -> dict[str, Any]:
     from oss_serve.benchmarks.loadgen import run_sweep
     from oss_serve.benchmarks.progress import BenchProgress
-    from oss_serve.benchmarks.report import build_report
+    from oss_serve.benchmarks.report import build_report, load_average
 
     started_unix_s = time.time()
+    load_average_start = load_average()
     with BenchProgress(budget, enabled=show_progress) as bar:
         results = asyncio.run(
             run_sweep(
@@ -307,6 +308,7 @@ def _run(
         results=results,
         started_unix_s=started_unix_s,
         label=label,
+        load_average_start=load_average_start,
     )
 
 

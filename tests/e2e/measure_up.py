@@ -26,6 +26,7 @@ import re
 import shlex
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -103,9 +104,43 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+class LoadSampler:
+    """The 1-minute load average every few seconds while `up` runs (other jobs slow it)."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(round(os.getloadavg()[0], 2))
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Idempotent: stops sampling (called at /ready, and again on the way out)."""
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        samples = self.samples or [0.0]
+        return {
+            "interval_s": self.interval_s,
+            "mean": round(sum(samples) / len(samples), 2),
+            "max": max(samples),
+            "samples": self.samples,
+        }
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The human-readable page of one measurement."""
     host = result["machine"]
+    during = result["load_average_1min_until_ready"]
     state = "cold: empty cache, the demo model trained first" if result["cold"] else "warm"
     lines = [
         "# `oss-serve up`: start-up time and memory",
@@ -115,7 +150,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Model `{result['model']}`, {state}; "
         f"{host['cpus']} CPUs, {host['memory_bytes'] / 2**30:.0f} GiB; load average "
         f"(1/5/15 min) {'/'.join(map(str, result['load_average_before']))} before, "
-        f"{'/'.join(map(str, result['load_average_after']))} after.",
+        f"{'/'.join(map(str, result['load_average_after']))} after; 1-minute load average "
+        f"until `/ready`: mean {during['mean']}, max {during['max']}.",
         "",
         "| step | result |",
         "| --- | ---: |",
@@ -156,9 +192,11 @@ def measure(cold: bool, requests: int, up_args: list[str]) -> tuple[dict[str, An
     cache_dir = folder / "cache"
     env = {"OSS_SERVE_CACHE_DIR": str(cache_dir)} if cold else {}
     load_before = load_average()
+    sampler = LoadSampler().start()
     up = UpProcess(folder, *up_args, env=env).start()
     try:
         ready_s = up.wait_ready(timeout_s=1800)
+        sampler.stop()
         headers = {"Authorization": f"Bearer {up.api_key()}"}
         model = httpx.get(f"{up.base_url}/v1/models", headers=headers).json()["data"][0]["id"]
         chat_started = time.monotonic()
@@ -171,6 +209,7 @@ def measure(cold: bool, requests: int, up_args: list[str]) -> tuple[dict[str, An
         stop_s = time.monotonic() - stop_started
         leftovers = left_behind(processes)
     finally:
+        sampler.stop()
         up.kill_tree()
     total_rss = sum(rss for rss, _ in memory.values())
     total_pss = sum(pss for _, pss in memory.values())
@@ -181,6 +220,7 @@ def measure(cold: bool, requests: int, up_args: list[str]) -> tuple[dict[str, An
         "machine": machine(),
         "load_average_before": load_before,
         "load_average_after": load_average(),
+        "load_average_1min_until_ready": sampler.summary(),
         "model": model,
         "cold": cold,
         "up_args": up_args,
