@@ -15,7 +15,7 @@ prices, rounded); pass `--price-per-hour` for your own.
 (`fused_moe/oracle/mxfp4.py`): FlashInfer's TRT-LLM MoE on sm100, OpenAI's Triton
 `matmul_ogs` kernels on sm90, Marlin (weight-only, dequantized in the kernel) everywhere
 else from sm75 (Turing, with fp16 activations since it has no bf16) up, and on sm120
-(vLLM 0.13 logs "Using Marlin backend" there, issue 31085). Each pads the expert
+(vLLM 0.13 logs "Using Marlin backend" there, vllm#31085). Each pads the expert
 matrices differently, which `vllm_memory.py` counts.
 """
 

@@ -15,12 +15,14 @@ import itertools
 import math
 import random
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from oss_serve.benchmarks.metrics import RequestRecord
+from oss_serve.benchmarks.server_metrics import ServerCounters, server_metrics_section
 from oss_serve.benchmarks.stream_client import ClientPool, Endpoint, send_chat
 from oss_serve.benchmarks.workloads import Session, Workload
 
@@ -86,6 +88,8 @@ class LoadPointResult:
     records: list[RequestRecord]
     duration_s: float
     loop_lag_s: list[float] = field(default_factory=list)  # see LoopLagMonitor
+    peak_rss_bytes: int | None = None  # this process's peak RSS when the point ended
+    server_metrics: dict[str, Any] | None = None  # see server_metrics.server_metrics_section
 
 
 class LoopLagMonitor:
@@ -257,7 +261,13 @@ async def run_load_point(
         await _drive_rate(run, point, seed)
     duration_s = run.elapsed_s()
     run.records.sort(key=lambda r: r.request_id)
-    return LoadPointResult(point, run.records, duration_s, await monitor.stop())
+    return LoadPointResult(point, run.records, duration_s, await monitor.stop(), peak_rss_bytes())
+
+
+def peak_rss_bytes() -> int:
+    """The largest RSS this process has had so far (what holding the streams cost)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) * (1 if sys.platform == "darwin" else 1024)
 
 
 async def run_warmup(
@@ -313,19 +323,36 @@ async def run_sweep(
     warmup_requests: int = 0,
     on_done: OnRequestDone | None = None,
     on_point: Callable[[LoadPoint], None] | None = None,
+    metrics_url: str | None = None,
 ) -> list[LoadPointResult]:
-    """Warm up once, then run every load point in order with the same seed."""
+    """Warm up once, then run every load point in order with the same seed.
+
+    With `metrics_url`, the server's prefix-cache counters are read before and after
+    each load point (`server_metrics.ServerCounters`).
+    """
     connections = max_in_flight(points)
     raise_open_file_limit(connections + 256)
     results: list[LoadPointResult] = []
-    async with ClientPool(connections, endpoint.timeout_s) as client:
-        first = points[0]
-        warm_concurrency = first.concurrency or first.max_concurrency or 8
-        await run_warmup(client, endpoint, workload, warmup_requests, warm_concurrency, seed)
-        for point in points:
-            if on_point is not None:
-                on_point(point)
-            results.append(
-                await run_load_point(client, endpoint, workload, point, budget, seed, on_done)
-            )
+    counters = ServerCounters(metrics_url) if metrics_url else None
+    try:
+        async with ClientPool(connections, endpoint.timeout_s) as client:
+            first = points[0]
+            warm_concurrency = first.concurrency or first.max_concurrency or 8
+            await run_warmup(client, endpoint, workload, warmup_requests, warm_concurrency, seed)
+            for point in points:
+                if on_point is not None:
+                    on_point(point)
+                before = await counters.read_settled() if counters else None
+                result = await run_load_point(
+                    client, endpoint, workload, point, budget, seed, on_done
+                )
+                if counters is not None:
+                    after = await counters.read_settled() if before is not None else None
+                    result.server_metrics = server_metrics_section(
+                        counters.url, before, after, counters.error
+                    )
+                results.append(result)
+    finally:
+        if counters is not None:
+            await counters.aclose()
     return results

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ def build_report(
     results: list[LoadPointResult],
     started_unix_s: float,
     label: str | None = None,
+    load_average_start: list[float] | None = None,
 ) -> dict[str, Any]:
     """One JSON-ready document for a bench invocation (all load points of a sweep)."""
     return {
@@ -53,6 +55,10 @@ def build_report(
             "oss_serve_version": __version__,
             "python": platform.python_version(),
             "platform": platform.platform(terse=True),
+            "cpus": os.cpu_count(),
+            # the machine's 1/5/15-minute load averages: on a shared machine, what else ran
+            "load_average_start": load_average_start,
+            "load_average_end": load_average(),
         },
         "config": {
             "chat_url": endpoint.chat_url,
@@ -71,12 +77,20 @@ def build_report(
             {
                 "load": result.point.to_json(),
                 **summarize(result.records, result.duration_s, slo),
-                "client": {"loop_lag_ms": distribution_ms(result.loop_lag_s)},
+                "client": {
+                    "loop_lag_ms": distribution_ms(result.loop_lag_s),
+                    "peak_rss_bytes": result.peak_rss_bytes,
+                },
+                "server_metrics": result.server_metrics,
                 "requests_detail": [record.to_json() for record in result.records],
             }
             for result in results
         ],
     }
+
+
+def load_average() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
 
 
 def write_json(document: dict[str, Any], path: Path) -> None:
@@ -154,6 +168,35 @@ def summary_row(run: dict[str, Any], label: str | None = None) -> list[str]:
     ]
 
 
+BESIDE_COLUMNS = (
+    "load",
+    "prefix-cache hits / looked-up prompt tokens",
+    "bench loop lag p99 / max ms",
+    "bench peak RSS MiB",
+)
+
+
+def beside_row(run: dict[str, Any]) -> list[str]:
+    """What was measured beside the requests: the server's prefix cache, the bench itself."""
+    server = run.get("server_metrics") or {}
+    cache = server.get("prefix_cache")
+    if cache:
+        rate = cache["hit_rate"]
+        share = f" ({rate:.0%})" if rate is not None else ""
+        cache_cell = f"{cache['hit_tokens']:,} / {cache['query_tokens']:,}{share}"
+    else:
+        cache_cell = "–"
+    client = run.get("client", {})
+    lag = client.get("loop_lag_ms") or {}
+    rss = client.get("peak_rss_bytes")
+    return [
+        run["load"]["label"],
+        cache_cell,
+        f"{_fmt(lag.get('p99'))} / {_fmt(lag.get('max'))}",
+        _fmt(rss / 2**20, 0) if rss else "–",
+    ]
+
+
 def markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
     right = {i for i, name in enumerate(header) if name not in ("load", "run", "errors", "metric")}
     lines = ["| " + " | ".join(header) + " |"]
@@ -184,7 +227,26 @@ def markdown_report(document: dict[str, Any]) -> str:
         f"goodput SLO: {', '.join(bounds) or 'none'}.",
         "",
         markdown_table(SUMMARY_COLUMNS, [summary_row(run) for run in document["runs"]]),
+        "",
+        markdown_table(BESIDE_COLUMNS, [beside_row(run) for run in document["runs"]]),
     ]
+    errors = sorted(
+        {
+            str(server["error"])
+            for server in (run.get("server_metrics") for run in document["runs"])
+            if server and server.get("error")
+        }
+    )
+    if errors:
+        lines += ["", f"Server metrics not read: {'; '.join(errors)}."]
+    environment = document.get("environment", {})
+    start, end = environment.get("load_average_start"), environment.get("load_average_end")
+    if start and end:
+        lines += [
+            "",
+            f"Machine: {environment.get('cpus')} CPUs; 1-minute load average {start[0]:g} "
+            f"at the start, {end[0]:g} at the end (5-minute: {start[1]:g}, {end[1]:g}).",
+        ]
     busy = [run["load"]["label"] for run in document["runs"] if _client_was_busy(run)]
     if busy:
         lines += [

@@ -163,6 +163,14 @@ def bench(
     no_stream_usage: Annotated[
         bool, typer.Option("--no-stream-usage", help="Do not ask for the usage chunk.")
     ] = False,
+    metrics_url: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-url",
+            help="Prometheus /metrics to read prefix-cache counters from around each load "
+            "point (default: <base-url>/metrics; 'none' skips).",
+        ),
+    ] = None,
     output_dir: Annotated[
         Path | None, typer.Option("--output-dir", help="Write result.json, report.md, plots.")
     ] = None,
@@ -223,7 +231,10 @@ def bench(
         ignore_eos,
     )
     slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms, e2e_ms=slo_e2e_ms)
-    document = _run(endpoint, work, points, budget, seed, warmup_requests, slo, label, progress)
+    scrape_url = _metrics_url(metrics_url, base_url)
+    document = _run(
+        endpoint, work, points, budget, seed, warmup_requests, slo, label, progress, scrape_url
+    )
     if plan_check:
         from oss_serve.benchmarks.plan_check import plan_check_section
 
@@ -243,6 +254,18 @@ def bench(
     _emit(document, output_dir, json_out)
 
 
+def _metrics_url(given: str | None, base_url: str) -> str | None:
+    from oss_serve.benchmarks.server_metrics import metrics_url_for
+
+    if given is None:
+        return metrics_url_for(base_url)
+    if given.strip().lower() == "none":
+        return None
+    if not given.startswith(("http://", "https://")):
+        fail(f"--metrics-url: {given!r} must start with http:// or https:// (or be 'none')")
+    return given
+
+
 def _run(
     endpoint: Any,
     workload: Any,
@@ -253,12 +276,14 @@ def _run(
     slo: Any,
     label: str | None,
     show_progress: bool,
+    metrics_url: str | None,
 ) -> dict[str, Any]:
     from oss_serve.benchmarks.loadgen import run_sweep
     from oss_serve.benchmarks.progress import BenchProgress
-    from oss_serve.benchmarks.report import build_report
+    from oss_serve.benchmarks.report import build_report, load_average
 
     started_unix_s = time.time()
+    load_average_start = load_average()
     with BenchProgress(budget, enabled=show_progress) as bar:
         results = asyncio.run(
             run_sweep(
@@ -270,6 +295,7 @@ def _run(
                 warmup_requests=warmup_requests,
                 on_done=bar.request_done,
                 on_point=bar.start_point,
+                metrics_url=metrics_url,
             )
         )
     return build_report(
@@ -282,6 +308,7 @@ def _run(
         results=results,
         started_unix_s=started_unix_s,
         label=label,
+        load_average_start=load_average_start,
     )
 
 

@@ -1,6 +1,6 @@
 """openai-harmony as the oracle: the same Chat Completions conversation built with its types.
 
-This mapping is written independently of oss_serve's adapters (from the issue's rules), so
+This mapping is written independently of oss_serve's adapters (from the harmony format's rules), so
 a disagreement shows up as a failing comparison rather than being shared by both sides.
 """
 
@@ -186,7 +186,7 @@ def library_kept(messages: list[Message]) -> list[Message]:
 
 
 def turn_rule_kept(messages: list[Message]) -> list[Message]:
-    """The issue's rule: drop analysis of every user-delimited turn that has a final answer."""
+    """The turn rule: drop analysis of every user-delimited turn that has a final answer."""
     kept: list[Message] = []
     turn_has_final = False
     for message in reversed(messages):
@@ -201,7 +201,7 @@ def turn_rule_kept(messages: list[Message]) -> list[Message]:
 
 
 def render(request: OracleRequest, *, drop: str = "library") -> list[int]:
-    """Oracle tokens. drop="library": its own CoT dropping; "turn": the issue's rule applied
+    """Oracle tokens. drop="library": its own CoT dropping; "turn": the turn rule (`turn_rule_kept`) applied
     first and the library's dropping switched off (for the documented CoT divergence)."""
     enc = encoding()
     messages = request.messages

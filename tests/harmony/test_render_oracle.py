@@ -5,7 +5,7 @@ named tests in test_render_library_bugs.py prove them and ours):
 - schemas with anyOf / $ref / allOf / null variants: the library prints `any`; the oracle
   is given our normalised schema, so the rest of the TypeScript layout is still checked;
 - chain-of-thought dropping where the library's rule is incomplete: the oracle renders
-  with the issue's turn rule applied and its own dropping off.
+  with the turn rule (`oracle.turn_rule_kept`) applied and its own dropping off.
 """
 
 from __future__ import annotations
