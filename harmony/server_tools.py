@@ -11,9 +11,10 @@ server enables them and talks to the MCP servers.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from oss_serve.harmony.builtin_tools import BROWSER, PYTHON
@@ -44,7 +45,7 @@ class McpServerRequest:
     field: str  # where the entry sits in the body ("tools[2]"), for errors about it
     server_label: str
     server_url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     allowed_tools: tuple[str, ...] | None = None  # None: every tool the server lists
     server_description: str | None = None
 
@@ -53,7 +54,9 @@ class McpServerRequest:
 class ServerToolRequest:
     """The server-side tools of one request."""
 
-    builtins: Mapping[str, str] = field(default_factory=dict)  # "browser"/"python" -> its field
+    builtins: Mapping[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # "browser"/"python" -> its field
     mcp_servers: tuple[McpServerRequest, ...] = ()
 
     @property
