@@ -157,6 +157,8 @@ class Settings(BaseSettings):
     mcp_timeout_s: float = 30.0
     tool_output_max_bytes: int = 16 * 1024  # a tool's output beyond this is cut, and says so
     max_tool_calls: int = 16  # server-side calls per response when the request names none
+    python_max_sessions: int = 64  # live python sessions; the least recently used one ends
+    mcp_tools_cache_ttl_s: float = 300.0  # how long an MCP server's tool list is reused
 
     @field_validator("lora_modules")
     @classmethod
