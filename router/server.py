@@ -39,10 +39,11 @@ from oss_serve.router.policies import make_policy
 from oss_serve.router.prefix_index import PrefixIndex
 from oss_serve.router.request_limits import RequestLimits
 from oss_serve.router.tool_sessions import ToolSessions
-from oss_serve.router.tool_set import ToolProvider
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventFollower
 from oss_serve.streams.redis_client import connect_from, is_sentinel_url
+from oss_serve.tools.python.sandbox import SandboxUnavailable
+from oss_serve.tools.server_tools import ServerTools, ToolConfigError
 
 log = get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -74,7 +75,7 @@ class RouterServer:
             self.redis, keys, replica_acks=_replica_acks(settings.redis_replica_acks, redis_url)
         )
         self.pipeline: RequestPipeline | None = None
-        self.tools: ToolProvider | None = None  # server-side tools, when --tools enables any
+        self.tools: ServerTools | None = None  # server-side tools, when --tools enables any
         self.tool_sessions = ToolSessions(settings.session_ttl_s)
         self.idempotency = IdempotencyStore(
             self.redis,
@@ -238,16 +239,16 @@ class RouterServer:
         log.info("router stopped", router_id=self.router_id)
 
 
-def _server_tools(settings: Settings) -> ToolProvider | None:
+def _server_tools(settings: Settings) -> ServerTools | None:
     """The executors of the tools --tools enables (ValueError naming a bad tool setting)."""
     if not settings.tools:
         return None
-    from oss_serve.tools.server_tools import ServerTools, ToolConfigError
-
     try:
         return ServerTools.from_settings(settings)
     except ToolConfigError as err:
         raise ValueError(f"server-side tools: {err.field}: {err}") from err
+    except SandboxUnavailable as err:
+        raise ValueError(str(err)) from err
 
 
 def _replica_acks(configured: int | None, redis_url: str) -> int:

@@ -9,9 +9,7 @@ named MCP server's tools, so a request that cannot be served is refused (400 nam
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from oss_serve.common.logging import get_logger
 from oss_serve.harmony import BuiltinToolCall, HarmonyRequestError
@@ -25,34 +23,10 @@ from oss_serve.harmony.server_tools import (
 from oss_serve.harmony.tool_schema import ToolNamespace, ToolSpec
 from oss_serve.router.errors import InvalidRequest, ToolServerFailed
 from oss_serve.tools.base import ToolCall, ToolDescription, ToolExecutor, ToolOutput
+from oss_serve.tools.mcp_client import McpExecutor
+from oss_serve.tools.server_tools import ServerTools, ToolConfigError
 
 log = get_logger(__name__)
-
-
-class McpServer(ToolExecutor, Protocol):
-    """An MCP server's executor: also lists the tools it offers."""
-
-    async def list_tools(self) -> list[ToolDescription]: ...
-
-
-class ToolProvider(Protocol):
-    """What the router needs of the server's tools (`tools.server_tools.ServerTools`)."""
-
-    @property
-    def enabled(self) -> Collection[str]: ...
-
-    def builtin(self, name: str) -> ToolExecutor: ...
-
-    async def mcp_server(
-        self,
-        *,
-        server_label: str,
-        server_url: str,
-        headers: Mapping[str, str],
-        allowed_tools: Sequence[str] | None,
-    ) -> McpServer: ...
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -73,7 +47,7 @@ class RequestTools:
     listings: tuple[McpListing, ...] = ()
     executors: dict[str, ToolExecutor] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # namespace -> browser/python/mcp
-    mcp_servers: list[McpServer] = field(default_factory=list)  # this request's, closed with it
+    mcp_servers: list[McpExecutor] = field(default_factory=list)  # this request's, closed with it
 
     @property
     def is_empty(self) -> bool:
@@ -109,10 +83,10 @@ def namespace_of(recipient: str) -> str:
 
 
 async def open_request_tools(
-    provider: ToolProvider | None, request: ServerToolRequest, session: str
+    provider: ServerTools | None, request: ServerToolRequest, session: str
 ) -> RequestTools:
     """The executors for the request's tools, once each is enabled and each MCP server listed."""
-    enabled = provider.enabled if provider is not None else ()
+    enabled = provider.enabled if provider is not None else frozenset()
     for kind, entry_field in request.kinds.items():
         if provider is None or kind not in enabled:
             on = ",".join(sorted(enabled)) or "none"
@@ -124,8 +98,11 @@ async def open_request_tools(
     tools = RequestTools(session=session, builtin_names=tuple(sorted(request.builtins)))
     if provider is None:
         return tools
-    for name in request.builtins:
-        tools.executors[name] = provider.builtin(name)
+    for name, entry_field in request.builtins.items():
+        try:
+            tools.executors[name] = provider.builtin(name, field=entry_field)  # type: ignore[arg-type]
+        except ToolConfigError as err:
+            raise InvalidRequest(str(err), field=err.field) from err
         tools.kinds[name] = name
     try:
         for server in request.mcp_servers:
@@ -137,19 +114,18 @@ async def open_request_tools(
 
 
 async def _add_mcp_server(
-    tools: RequestTools, provider: ToolProvider, server: McpServerRequest
+    tools: RequestTools, provider: ServerTools, server: McpServerRequest
 ) -> None:
-    from oss_serve.tools.server_tools import ToolConfigError
-
     try:
         executor = await provider.mcp_server(
             server_label=server.server_label,
             server_url=server.server_url,
             headers=server.headers,
             allowed_tools=server.allowed_tools,
+            field=server.field,
         )
     except ToolConfigError as err:
-        raise InvalidRequest(str(err), field=f"{server.field}.{err.field}") from err
+        raise InvalidRequest(str(err), field=err.field) from err
     tools.mcp_servers.append(executor)
     try:
         listed = await executor.list_tools()

@@ -127,10 +127,29 @@ def _with_demo_tools(settings: Settings) -> Settings:
     over the bundled docs, the tools the demo model was taught to call."""
     if "tools" in settings.model_fields_set:
         return settings
-    update: dict[str, object] = {"tools": ["python", "browser"]}
+    tools = ["browser"]
+    problem = _python_sandbox_problem(settings)
+    if problem is None or settings.allow_unsandboxed_python:
+        tools.append("python")
+    else:
+        typer.secho(f"note: the python tool is off ({problem})", err=True)
+    update: dict[str, object] = {"tools": tools}
     if settings.browser_docs_dir is None and settings.browser_search_url is None:
         update["browser_docs_dir"] = DEMO_DOCS_DIR
     return settings.model_copy(update=update)
+
+
+def _python_sandbox_problem(settings: Settings) -> str | None:
+    """Why python cannot run sandboxed here, or None when bubblewrap works."""
+    from oss_serve.tools.python.sandbox import SandboxLimits, find_bwrap, probe_bwrap
+
+    bwrap = find_bwrap()
+    if bwrap is None:
+        return "bubblewrap is not installed; --allow-unsandboxed-python runs it unsandboxed"
+    limits = SandboxLimits(
+        cell_timeout_s=settings.python_timeout_s, memory_mb=settings.python_memory_mb
+    )
+    return probe_bwrap(bwrap, limits)
 
 
 def _demo_model(cache_dir: Path, console: UpConsole) -> Path:

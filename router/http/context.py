@@ -14,8 +14,8 @@ from oss_serve.router.gate import Caller, presented_key
 from oss_serve.router.metrics import RouterMetrics
 from oss_serve.router.pipeline import RequestPipeline
 from oss_serve.router.tool_sessions import ToolSessions
-from oss_serve.router.tool_set import ToolProvider
 from oss_serve.streams.keys import RedisKeys
+from oss_serve.tools.server_tools import ServerTools
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ApiContext:
     owned_by: str = "oss-serve"
     admin_api_key: str | None = None  # allows the runtime LoRA load/unload endpoints
     created_unix_s: int = field(default_factory=lambda: int(time.time()))
-    tools: ToolProvider | None = None  # server-side tools (--tools); None: none enabled
+    tools: ServerTools | None = None  # server-side tools (--tools); None: none enabled
     tool_sessions: ToolSessions | None = None
     max_tool_calls: int = 16  # per response when the request names no max_tool_calls
 
