@@ -67,7 +67,15 @@ class RequestTools:
                 text=f"error: there is no tool {call.recipient!r} (available: {available})",
                 error=True,
             )
-        return await executor.call(ToolCall(call.recipient, call.arguments, self.session))
+        try:
+            return await executor.call(ToolCall(call.recipient, call.arguments, self.session))
+        except Exception as err:  # an executor's own failure is still the model's to read
+            log.warning("tool executor failed", recipient=call.recipient, error=type(err).__name__)
+            return ToolOutput(
+                author=call.recipient,
+                text=f"error: the tool failed ({type(err).__name__}); try another way",
+                error=True,
+            )
 
     async def aclose(self) -> None:
         """Close this request's MCP connections (built-in sessions outlive the request)."""

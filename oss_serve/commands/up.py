@@ -123,9 +123,9 @@ def up(
 
 
 def _with_demo_tools(settings: Settings) -> Settings:
-    """Unless --tools (or OSS_SERVE_TOOLS) says otherwise, `up` runs python and a browser
-    over the bundled docs, the tools the demo model was taught to call."""
-    if "tools" in settings.model_fields_set:
+    """Serving the demo model, and unless --tools (or OSS_SERVE_TOOLS) says otherwise, `up`
+    runs python and a browser over the bundled docs: the tools the demo model learnt."""
+    if "tools" in settings.model_fields_set or settings.model is not None:
         return settings
     tools = ["browser"]
     problem = _python_sandbox_problem(settings)
