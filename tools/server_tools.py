@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from oss_serve.common.logging import get_logger
 from oss_serve.tools.base import ToolExecutor
+from oss_serve.tools.browser.executor import BrowserExecutor
 from oss_serve.tools.mcp_client import McpExecutor, McpToolCache
 from oss_serve.tools.python.executor import PythonExecutor
 from oss_serve.tools.python.sandbox import SandboxLimits
@@ -72,6 +73,8 @@ class ServerTools:
                 max_sessions=settings.python_max_sessions,
                 allow_unsandboxed=settings.allow_unsandboxed_python,
             )
+        if "browser" in enabled:
+            builtins["browser"] = BrowserExecutor.from_settings(settings)
         if "mcp" in enabled and not settings.mcp_allowed_urls:
             log.warning("mcp tools are enabled but no --mcp-allowed-urls: every server is refused")
         return cls(

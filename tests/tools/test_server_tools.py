@@ -115,3 +115,20 @@ async def test_enabled_python_runs_sandboxed_and_sessions_close_through_server_t
         assert "NameError" in again.text
     finally:
         await tools.aclose()
+
+
+async def test_enabled_browser_searches_the_docs_folder(tmp_path) -> None:
+    (tmp_path / "guide.md").write_text("# Guide\n\nThe answer is forty-two.")
+    tools = _tools(tools=["browser"], browser_docs_dir=tmp_path)
+    try:
+        out = await tools.builtin("browser").call(
+            ToolCall("browser.search", '{"query": "answer"}', session="chain")
+        )
+        assert "【0†Guide†" in out.text
+    finally:
+        await tools.aclose()
+
+
+def test_a_browser_without_docs_or_search_api_stops_start_up() -> None:
+    with pytest.raises(ValueError, match=r"--browser-docs-dir .* --browser-search-url"):
+        _tools(tools=["browser"])
