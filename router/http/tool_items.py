@@ -90,7 +90,7 @@ def finish_item(item: Item, finished: ToolCallFinished) -> list[Event]:
     if kind == "web_search_call":
         action = details.get("action")
         if isinstance(action, dict):
-            item["action"] = action
+            item["action"] = _web_action(action, item["action"])
         sources = details.get("sources")
         if isinstance(sources, list) and item["action"].get("type") == "search":
             item["action"].setdefault("sources", sources)
@@ -148,6 +148,26 @@ def in_progress_copy(item: Item) -> Item:
 
 def _event(kind: str, **fields: Any) -> Event:
     return {"type": kind, **fields}
+
+
+def _web_action(action: dict[str, Any], requested: dict[str, Any]) -> dict[str, Any]:
+    """The tool's account of what it did, in the API's action shapes (`requested`, read
+    from the model's arguments, where the tool's is not one of them)."""
+    kind = {"open": "open_page", "find": "find_in_page"}.get(action.get("type"), action.get("type"))
+    if kind == "search":
+        query = action.get("query")
+        return {"type": "search", "query": query if isinstance(query, str) else ""}
+    url = action.get("url")
+    if kind == "open_page":
+        return {"type": "open_page", "url": url if isinstance(url, str) else None}
+    if kind == "find_in_page":
+        pattern = action.get("pattern")
+        return {
+            "type": "find_in_page",
+            "pattern": pattern if isinstance(pattern, str) else "",
+            "url": url if isinstance(url, str) else "",
+        }
+    return requested
 
 
 def _browser_action(call: BuiltinToolCall) -> dict[str, Any]:

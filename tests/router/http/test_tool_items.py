@@ -157,3 +157,26 @@ def test_the_web_search_action_is_read_from_the_models_arguments(recipient, argu
     items.feed_tool(started)
     assert items.items[0]["action"] == action
     _ITEM.validate_python({**items.items[0], "status": "completed"})
+
+
+@pytest.mark.parametrize(
+    ("told", "shown"),
+    [
+        ({"type": "find", "pattern": "8000", "url": "file:///d/ports.md"},
+         {"type": "find_in_page", "pattern": "8000", "url": "file:///d/ports.md"}),
+        ({"type": "open_page", "url": "file:///d/ports.md", "cursor": 2},
+         {"type": "open_page", "url": "file:///d/ports.md"}),
+        ({"type": "scroll"}, {"type": "search", "query": "q"}),
+    ],
+)  # fmt: skip
+def test_the_browsers_account_of_its_action_is_shown_in_the_apis_shapes(told, shown):
+    items = OutputItems(SESSION)
+    started, call = _call(0, "browser", "browser.search", '{"query": "q"}')
+    items.feed_tool(started)
+    items.feed_tool(
+        ToolCallFinished(
+            0, "browser", call, ToolOutput("browser.search", "...", details={"action": told})
+        )
+    )
+    assert items.items[0]["action"] == shown
+    _ITEM.validate_python(items.items[0])
