@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 from oss_serve.common.logging import get_logger
 from oss_serve.tools.base import ToolExecutor
 from oss_serve.tools.browser.executor import BrowserExecutor
+from oss_serve.tools.errors import ToolConfigError
 from oss_serve.tools.mcp_client import McpExecutor, McpToolCache
 from oss_serve.tools.python.executor import PythonExecutor
 from oss_serve.tools.python.sandbox import SandboxLimits
@@ -20,21 +21,14 @@ from oss_serve.tools.python.sandbox import SandboxLimits
 if TYPE_CHECKING:
     from oss_serve.common.settings import Settings
 
+__all__ = ["ServerTools", "ToolConfigError", "url_allowed"]
+
 log = get_logger(__name__)
 
 BUILTIN_NAMESPACES = ("python", "browser")
 # an MCP server's label becomes a harmony namespace: a plain identifier, not a built-in one
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _RESERVED_LABELS = frozenset({"python", "browser", "functions", "container", "assistant"})
-
-
-class ToolConfigError(ValueError):
-    """A request's tool that this server does not allow or cannot use; `field` is the
-    request field to name in the 400 ("tools[1].server_url")."""
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 class ServerTools:
@@ -133,6 +127,7 @@ class ServerTools:
             timeout_s=self._mcp_timeout_s,
             output_max_bytes=self._output_max_bytes,
             tool_cache=self._mcp_tools,
+            field=field,
         )
 
     async def close_session(self, session: str) -> None:

@@ -4,12 +4,12 @@ as a stack whose index is the cursor the model cites (`【{cursor}†L{a}-L{b}�
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from oss_serve.common.logging import get_logger
+from oss_serve.tools.arguments import ArgumentsError, json_object
 from oss_serve.tools.base import ToolCall, ToolOutput
 from oss_serve.tools.browser.backend import BackendError, SearchBackend
 from oss_serve.tools.browser.display import (
@@ -233,15 +233,10 @@ def _requested_action(function: str, arguments: dict[str, Any]) -> dict[str, Any
 
 
 def _arguments(text: str) -> dict[str, Any]:
-    if not text.strip():
-        return {}
     try:
-        arguments = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ToolUsageError(f"Invalid function arguments: not JSON ({error.msg})") from error
-    if not isinstance(arguments, dict):
-        raise ToolUsageError("Invalid function arguments: expected a JSON object")
-    return arguments
+        return json_object(text)
+    except ArgumentsError as error:
+        raise ToolUsageError(f"Invalid function arguments: {error}") from error
 
 
 def _integer(arguments: dict[str, Any], name: str, default: int) -> int:
