@@ -137,13 +137,14 @@ async def _add_mcp_server(
     tools.mcp_servers.append(executor)
     try:
         listed = await executor.list_tools()
-    except Exception as err:  # the server is down, refuses us, or speaks no MCP
+    except ToolConfigError as err:  # McpServerUnavailable: unreachable, not MCP, too slow
+        raise ToolServerFailed(str(err), field=err.field) from err
+    except Exception as err:
         log.warning(
             "mcp list_tools failed", server_label=server.server_label, error=type(err).__name__
         )
         raise ToolServerFailed(
-            f"the MCP server {server.server_label!r} did not list its tools: "
-            f"{type(err).__name__}: {_short(err)}",
+            f"the MCP server {server.server_label!r} did not list its tools ({type(err).__name__})",
             field=f"{server.field}.server_url",
         ) from err
     offered = [t for t in listed if server.allowed_tools is None or t.name in server.allowed_tools]
@@ -166,8 +167,3 @@ def _spec(server: McpServerRequest, tool: ToolDescription) -> ToolSpec:
             field=f"{server.field}.allowed_tools",
         ) from err
     return ToolSpec(name, tool.description or "", schema)
-
-
-def _short(err: BaseException, limit: int = 300) -> str:
-    text = str(err)
-    return text if len(text) <= limit else text[:limit] + "..."
