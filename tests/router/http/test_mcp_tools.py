@@ -120,3 +120,29 @@ def test_an_mcp_url_outside_the_allow_list_is_a_400_naming_it(mcp_router):
             input="hi", tools=[_entry("http://198.51.100.7/mcp", require_approval="always")]
         )
     assert refused.value.body["param"] == "tools[0].require_approval"
+
+
+def test_chat_takes_the_same_entries_in_server_tools(mcp_router, mcp_server):  # noqa: F811
+    transport, served = mcp_server
+    client = openai.OpenAI(base_url=mcp_router.base_url, api_key=API_KEY, max_retries=0)
+    body = {"server_tools": [_entry(_url(transport, served))]}
+    messages = [{"role": "user", "content": "Add 2 and 3."}]
+    plain = client.chat.completions.create(
+        model="", messages=messages, max_tokens=8, temperature=0, extra_body=body
+    )
+    assert plain.choices[0].finish_reason in ("stop", "length")
+    assert plain.usage.prompt_tokens > 0
+    chunks = list(
+        client.chat.completions.create(
+            model="", messages=messages, max_tokens=8, temperature=0, extra_body=body,
+            stream=True, stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="", messages=messages, n=2, extra_body=body)
+    assert refused.value.body["param"] == "n"
+    function = {"server_tools": [{"type": "function", "function": {"name": "f"}}]}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="", messages=messages, extra_body=function)
+    assert refused.value.body["param"] == "server_tools[0].type"
