@@ -58,10 +58,11 @@ def _continuation(prompt: list[int], generated: list[int], author: str, output: 
 
 
 def _run_python(code: str) -> str:
-    """The code's stdout from a real interpreter (what the python tool returns for it)."""
+    """The code's stdout from a real interpreter, as the python tool returns it (without the
+    last newline)."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return done.stdout.rstrip("\n")
 
 
 @pytest.mark.parametrize("tools", [("python",), ("browser", "python")])
@@ -78,7 +79,7 @@ def test_arithmetic_goes_to_python_and_the_answer_states_what_it_printed(demo_ll
         (call,) = parsed.builtin_tool_calls
         assert call.recipient == "python" and call.channel == "analysis", question
         printed = _run_python(call.arguments)
-        assert printed == f"{expected}\n", (question, call.arguments)
+        assert printed == str(expected), (question, call.arguments)
         continuations.append(_continuation(prompt, tokens, "python", printed))
     for (question, expected), (tokens, parsed) in zip(
         problems, _generate(demo_llm, continuations), strict=True

@@ -21,7 +21,7 @@ TURN = [
     harmony(
         "assistant", "print(37 * 91)", channel="analysis", recipient="python", content_type="code"
     ),
-    harmony("python", "3367\n", channel="analysis", recipient="assistant"),
+    harmony("python", "3367", channel="analysis", recipient="assistant"),
     harmony("assistant", "python printed 3367.", channel="analysis"),
     harmony("assistant", "The answer is 3367.", channel="final"),
 ]
@@ -40,7 +40,7 @@ def test_a_tool_loop_turn_is_one_sequence_of_what_the_replica_sees_at_the_last_s
     assert decode(list(sequence.token_ids[len(prompt) :])) == (
         "<|channel|>analysis<|message|>Let me run it.<|end|>"
         "<|start|>assistant<|channel|>analysis to=python code<|message|>print(37 * 91)<|call|>"
-        "<|start|>python to=assistant<|channel|>analysis<|message|>3367\n<|end|>"
+        "<|start|>python to=assistant<|channel|>analysis<|message|>3367<|end|>"
         "<|start|>assistant<|channel|>analysis<|message|>python printed 3367.<|end|>"
         "<|start|>assistant<|channel|>final<|message|>The answer is 3367.<|return|>"
     )
