@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # oss-serve images, one Dockerfile with two final targets (both non-root; the replica has only
 # the C compiler and Python headers that Triton's launcher needs, the router no build tools):
-#   docker build --target router  -t oss-serve-router  .   slim Python: router, autoscaler
+#   docker build --target router  -t oss-serve-router  .   slim Python: router (and its tools), autoscaler
 #   docker build --target replica -t oss-serve-replica .   CUDA runtime: model replicas, Ray
 # The Helm chart (helm/oss-serve) runs them; `oss-serve` is the entrypoint of both.
 
@@ -19,6 +19,7 @@ COPY workers/ workers/
 COPY kernels/ kernels/
 COPY cluster/ cluster/
 COPY router/ router/
+COPY tools/ tools/
 COPY protos/ protos/
 COPY benchmarks/ benchmarks/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
@@ -40,8 +41,13 @@ RUN /opt/venv/bin/pip install --no-cache-dir "${TORCH_SPEC}" \
     && /opt/venv/bin/pip install --no-cache-dir /wheels/*.whl
 
 # --- router: slim Python, the router and the autoscaler -----------------------------------
+# bubblewrap: the python tool runs model-written code in its sandbox (user namespaces, so
+# the pod's seccomp/AppArmor policy must allow unshare; the router says why at start-up if not)
 FROM python:3.11-slim-bookworm AS router
-RUN python -m pip uninstall --yes pip setuptools wheel \
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m pip uninstall --yes pip setuptools wheel \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin oss-serve
 COPY --from=router-venv /opt/venv /opt/venv
 COPY --from=vocab /vocab /opt/oss-serve/vocab

@@ -153,10 +153,13 @@ class Settings(BaseSettings):
     browser_docs_dir: Path | None = None  # folder the local browser backend indexes
     browser_search_url: str | None = None  # an HTTP search API instead of the local index
     browser_search_api_key: SecretStr | None = None
+    browser_allow_private_urls: bool = False  # let the browser open loopback/private addresses
     mcp_allowed_urls: list[str] = []  # MCP server URL prefixes a request may name
     mcp_timeout_s: float = 30.0
     tool_output_max_bytes: int = 16 * 1024  # a tool's output beyond this is cut, and says so
     max_tool_calls: int = 16  # server-side calls per response when the request names none
+    python_max_sessions: int = 64  # live python sessions; the least recently used one ends
+    mcp_tools_cache_ttl_s: float = 300.0  # how long an MCP server's tool list is reused
 
     @field_validator("lora_modules")
     @classmethod

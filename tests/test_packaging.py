@@ -17,6 +17,7 @@ SUBPACKAGES = [
     "kernels",
     "cluster",
     "router",
+    "tools",
     "protos",
     "benchmarks",
 ]

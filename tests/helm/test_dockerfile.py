@@ -142,3 +142,17 @@ def test_hadolint_finds_nothing_beyond_the_justified_ignores():
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_wheel_stage_copies_every_folder_setup_py_maps(stages):
+    setup_source = (ROOT / "setup.py").read_text()
+    listed = re.search(r"SUBPACKAGES = \[(.*?)\]", setup_source, re.DOTALL)
+    assert listed
+    folders = re.findall(r'"(\w+)"', listed.group(1))
+    copied = {args.split()[0].rstrip("/") for args in stages["wheel"].all("COPY")}
+    assert set(folders) <= copied
+
+
+def test_the_router_image_has_bubblewrap_for_the_python_tool(stages):
+    installs = " ".join(stages["router"].all("RUN"))
+    assert re.search(r"apt-get install .*\bbubblewrap\b", installs)

@@ -1,0 +1,63 @@
+"""`oss-serve up` with its default tools, as the README shows them: python and a browser over
+the bundled docs, the demo model calling them, the official client reading the answers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.e2e.up_process import UpProcess
+from tests.tools.python.conftest import needs_bwrap
+
+pytestmark = [pytest.mark.e2e, needs_bwrap, pytest.mark.timeout(1500)]
+
+READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
+MODEL = "oss-serve-demo"
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    running = UpProcess(tmp_path_factory.mktemp("up-tools")).start()
+    try:
+        running.wait_ready(READY_TIMEOUT_S)
+        running.wait_banner()
+        yield running
+    finally:
+        running.kill_tree()
+
+
+@pytest.fixture(scope="module")
+def client(up: UpProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{up.base_url}/v1", api_key=up.api_key(), max_retries=0)
+
+
+def test_the_banner_names_the_tools_up_enables(up: UpProcess):
+    line = next(x for x in up.wait_banner().splitlines() if x.strip().startswith("tools"))
+    assert re.search(r"browser, python \(browser over \S*demo_docs\)", line), line
+
+
+def test_the_readme_code_interpreter_example_answers_from_pythons_output(client):
+    response = client.responses.create(
+        model=MODEL,
+        input="What is 37 times 91?",
+        tools=[{"type": "code_interpreter", "container": {"type": "auto"}}],
+        temperature=0,
+    )
+    kinds = [item.type for item in response.output]
+    assert kinds[-1] == "message" and "code_interpreter_call" in kinds, kinds
+    assert "3367" in response.output_text
+
+
+def test_a_web_search_of_the_bundled_docs_is_cited(client):
+    response = client.responses.create(
+        model=MODEL,
+        input="What is the name of the demo model?",
+        tools=[{"type": "web_search_preview"}],
+        temperature=0,
+    )
+    assert any(item.type == "web_search_call" for item in response.output)
+    assert "oss-serve-demo" in response.output_text
+    assert re.search(r"【\d+†L\d+(?:-L\d+)?】", response.output_text), response.output_text
