@@ -77,7 +77,12 @@ class McpToolCache:
             cached = self._entries.get(key)
             if cached is not None and cached.expires_at > time.monotonic():
                 return cached.tools
-            tools = await load()
+            try:
+                tools = await load()
+            except BaseException:
+                if key not in self._entries:
+                    self._locks.pop(key, None)  # URLs that never answer leave nothing behind
+                raise
             self._entries[key] = _CachedTools(time.monotonic() + self.ttl_s, tools)
             self._entries.move_to_end(key)
             while len(self._entries) > self._max_servers:

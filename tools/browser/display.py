@@ -134,4 +134,5 @@ def find_page(pattern: str, page: Page) -> Page:
         text=text,
         urls={match_id: page.url for match_id in snippets},
         snippets=snippets,
+        citation_url=page.url,  # citing a find result cites the page searched
     )

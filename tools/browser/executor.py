@@ -103,7 +103,7 @@ class BrowserExecutor:
         """The URL of each page the session opened, by cursor: what the model's
         citations `【{cursor}†...】` point at."""
         held = self._sessions.get(session)
-        return [page.url for page in held.pages] if held else []
+        return [page.cited_url for page in held.pages] if held else []
 
     async def call(self, call: ToolCall) -> ToolOutput:
         function = call.recipient.removeprefix("browser.")
@@ -147,6 +147,8 @@ class BrowserExecutor:
         self, session: _Session, arguments: dict[str, Any]
     ) -> tuple[str, dict[str, Any], list[str]]:
         link_id = arguments.get("id", -1)
+        if isinstance(link_id, float) and link_id.is_integer():
+            link_id = int(link_id)
         cursor = _integer(arguments, "cursor", -1)
         loc = _integer(arguments, "loc", -1)
         num_lines = _integer(arguments, "num_lines", -1)
@@ -240,7 +242,10 @@ def _arguments(text: str) -> dict[str, Any]:
 
 
 def _integer(arguments: dict[str, Any], name: str, default: int) -> int:
+    """An integer argument; the schema says "number", so 3.0 counts as 3."""
     value = arguments.get(name, default)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ToolUsageError(f"`{name}` should be an integer, not `{type(value).__name__}`")
     return value

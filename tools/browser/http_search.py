@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -38,13 +39,17 @@ class HttpSearchBackend:
         *,
         timeout_s: float = 15.0,
         allow_private_urls: bool = False,
+        verify: ssl.SSLContext | bool = True,  # a context with a private CA, where needed
     ) -> None:
         self.source = f"the web (search by {get_domain(search_url)})"
         self._search_url = search_url
         self._api_key = api_key
         self._allow_private_urls = allow_private_urls
         self._client = httpx.AsyncClient(
-            timeout=timeout_s, follow_redirects=False, headers={"User-Agent": USER_AGENT}
+            timeout=timeout_s,
+            follow_redirects=False,
+            headers={"User-Agent": USER_AGENT},
+            verify=verify,
         )
 
     async def search(self, query: str, topn: int) -> list[SearchResult]:
@@ -81,7 +86,9 @@ class HttpSearchBackend:
                 body = await _read_capped(response)
             finally:
                 await response.aclose()
-            return _page(url, response.headers.get("content-type", ""), body, response.encoding)
+            content_type = response.headers.get("content-type", "")
+            # parsing a large page takes a while: not on the event loop
+            return await asyncio.to_thread(_page, url, content_type, body, response.encoding)
         raise BackendError(f"`{url}` redirected more than {MAX_REDIRECTS} times")
 
     async def _get_checked(self, url: str) -> httpx.Response:

@@ -9,6 +9,7 @@ the backend reads nothing outside the folder and fetches nothing from the networ
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,10 @@ class LocalDocsBackend:
         return len(self._pages)
 
     async def search(self, query: str, topn: int) -> list[SearchResult]:
+        # scoring a large folder takes a while: not on the event loop (the index is only read)
+        return await asyncio.to_thread(self._search, query, topn)
+
+    def _search(self, query: str, topn: int) -> list[SearchResult]:
         if self._index is None:
             return []
         ids = self._tokenizer.tokenize(

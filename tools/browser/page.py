@@ -38,6 +38,11 @@ class Page:
     urls: dict[str, str] = field(default_factory=dict)  # link id -> URL
     # set on pages made of results (search, find): their links point at extracts
     snippets: dict[str, Extract] | None = None
+    citation_url: str | None = None  # what a citation of this page points at, when not `url`
+
+    @property
+    def cited_url(self) -> str:
+        return self.url if self.citation_url is None else self.citation_url
 
 
 def get_domain(url: str) -> str:

@@ -1,8 +1,8 @@
 """How a session's interpreter is started and isolated.
 
 With bubblewrap the interpreter sees the host read-only and only what Python needs (the
-system's /usr and /lib, the interpreter's own prefixes), a private size-limited tmpfs as
-its only writable place, its own user (nobody), PID, network (loopback only, no route
+system's /usr and /lib, the interpreter's own prefixes), private size-limited tmpfs at
+/mnt/data (its working folder), /tmp and /dev/shm as its only writable places, its own user (nobody), PID, network (loopback only, no route
 out), IPC and UTS namespaces, no capabilities, and an empty environment: no secret of
 the router's environment or home reaches it. Killing bwrap takes the whole PID namespace
 with it. Without bubblewrap (only with `allow_unsandboxed_python`) the same rlimits apply,
@@ -23,6 +23,8 @@ from pathlib import Path
 KERNEL_PATH = Path(__file__).with_name("kernel.py")
 KERNEL_IN_SANDBOX = "/run/oss-serve/kernel.py"
 SANDBOX_TMP = "/tmp"
+# the working folder; the model's python description promises a drive at /mnt/data
+SANDBOX_DATA = "/mnt/data"
 # what an interpreter needs of the host, bound read-only where present
 SYSTEM_PATHS = (
     "/usr",
@@ -67,7 +69,8 @@ class SandboxLimits:
     max_processes: int = 64  # processes and threads of the sandbox's user
     max_file_bytes: int = 64 * 1024 * 1024  # one written file
     max_open_files: int = 256
-    tmp_bytes: int = 64 * 1024 * 1024  # the private tmpfs (bubblewrap only)
+    data_bytes: int = 64 * 1024 * 1024  # the private /mnt/data tmpfs (bubblewrap only)
+    scratch_bytes: int = 16 * 1024 * 1024  # each of /tmp and /dev/shm
     nice: int = 10  # scheduling priority below the server's
 
     def rlimits(self) -> dict[str, int]:
@@ -120,9 +123,12 @@ def bwrap_argv(bwrap: str, limits: SandboxLimits) -> list[str]:
     for path in (*SYSTEM_PATHS, *_interpreter_paths()):
         argv += ["--ro-bind-try", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev"]
-    argv += ["--size", str(limits.tmp_bytes), "--tmpfs", SANDBOX_TMP]
-    argv += ["--ro-bind", str(KERNEL_PATH), KERNEL_IN_SANDBOX, "--chdir", SANDBOX_TMP]
-    argv += ["--remount-ro", "/"]  # the sandbox's own root too: /tmp is the one writable place
+    argv += ["--size", str(limits.data_bytes), "--tmpfs", SANDBOX_DATA]
+    argv += ["--size", str(limits.scratch_bytes), "--tmpfs", SANDBOX_TMP]
+    # shared memory (multiprocessing) gets its own small tmpfs; the rest of /dev is read-only
+    argv += ["--size", str(limits.scratch_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
+    argv += ["--ro-bind", str(KERNEL_PATH), KERNEL_IN_SANDBOX, "--chdir", SANDBOX_DATA]
+    argv += ["--remount-ro", "/"]  # the sandbox's own root too: only the tmpfs are writable
     for name, value in SANDBOX_ENV.items():
         argv += ["--setenv", name, value]
     return argv

@@ -148,3 +148,35 @@ async def test_private_addresses_are_refused_unless_allowed(search_api: str) -> 
     finally:
         await browser.aclose()
     assert not any(path == "/page.html" for path, _, _ in _SearchApi.requests)
+
+
+async def test_https_pages_connect_to_the_checked_address_and_verify_the_name(tmp_path) -> None:
+    import ssl
+
+    from tests.router.tls import make_tls_material
+
+    tls = make_tls_material(tmp_path / "tls")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SearchApi)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(tls.server_cert, tls.server_key)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    trusted = ssl.create_default_context(cafile=str(tls.ca))
+    untrusted = ssl.create_default_context(cafile=str(tls.other_ca))
+    try:
+        for verify, expect_ok in ((trusted, True), (untrusted, False)):
+            backend = HttpSearchBackend(
+                f"https://localhost:{port}/search", None, allow_private_urls=True, verify=verify
+            )
+            browser = BrowserExecutor(backend, output_max_bytes=4096)
+            out = await browser.call(call("open", id=f"https://localhost:{port}/page.html"))
+            await browser.aclose()
+            if expect_ok:
+                assert out.text.startswith(f"[0] Streams (https://localhost:{port}/page.html)")
+            else:
+                assert out.error and "could not be fetched (ConnectError)" in out.text
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -72,7 +72,7 @@ async def test_a_long_page_is_shown_in_windows_and_scrolls(browser: BrowserExecu
     assert header.startswith("**viewing lines [0 - ") and header.endswith("] of 400**")
     last_shown = int(header.split(" - ")[1].split("]")[0])
     assert 20 < last_shown < 200  # about 1024 tokens of lines
-    scrolled = await browser.call(call("open", cursor=0, loc=390, num_lines=5))
+    scrolled = await browser.call(call("open", cursor=0.0, loc=390, num_lines=5.0))
     assert scrolled.text.split("\n")[:2] == [
         "[1] long notes (docs://demo-docs/long_notes.txt)",
         "**viewing lines [390 - 394] of 400**",

@@ -166,3 +166,12 @@ async def test_server_tools_hands_out_allow_listed_servers_that_work(mcp_server)
     assert {tool.name for tool in await executor.list_tools()} >= {"add"}
     assert (await executor.call(ToolCall("calc.add", '{"a": 2, "b": 2}', "chain"))).text == "4"
     await tools.aclose()
+
+
+async def test_servers_that_never_answer_leave_no_cache_state_behind() -> None:
+    cache = McpToolCache(ttl_s=60)
+    for _ in range(3):
+        url = f"http://127.0.0.1:{free_port()}/mcp"
+        with pytest.raises(McpServerUnavailable):
+            await executor_for(url, timeout_s=2.0, cache=cache).list_tools()
+    assert not cache._entries and not cache._locks

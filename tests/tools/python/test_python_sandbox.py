@@ -76,19 +76,20 @@ async def test_writing_outside_its_tmp_fails(sandboxed: PythonExecutor, tmp_path
     target = tmp_path / "escaped.txt"
     code = (
         "import os\n"
-        f"for path in ['/usr/escaped.txt', '/etc/escaped.txt', {str(target)!r}]:\n"
+        f"for path in ['/usr/x', '/etc/x', '/dev/x', '/x', {str(target)!r}]:\n"
         "    try:\n"
         "        open(path, 'w').write('x')\n"
         "        print('wrote', path)\n"
         "    except OSError as error:\n"
         "        print('denied', path, error.strerror)\n"
         "open('/tmp/mine.txt', 'w').write('ok')\n"
-        "print(open('/tmp/mine.txt').read(), os.getcwd(), os.getuid())"
+        "open('kept.txt', 'w').write('data')\n"
+        "print(open('/tmp/mine.txt').read(), open('/mnt/data/kept.txt').read(), os.getcwd(), os.getuid())"
     )
     out = await sandboxed.call(cell(code))
     assert "wrote" not in out.text
-    assert out.text.count("denied") == 3
-    assert "ok /tmp 65534" in out.text
+    assert out.text.count("denied") == 5
+    assert "ok data /mnt/data 65534" in out.text
     assert not target.exists()
 
 
