@@ -64,7 +64,7 @@ DOCS_FACTS: tuple[DocsFact, ...] = (
             "What is the demo model called?",
         ),
         "demo model name",
-        "oss-serve up serves the demo model under the name oss-serve-demo",
+        "oss-serve up serves the demo model named oss-serve-demo",
         "oss-serve-demo",
     ),
     DocsFact(
@@ -94,7 +94,7 @@ DOCS_FACTS: tuple[DocsFact, ...] = (
             "How large is gpt-oss-20b?",
         ),
         "gpt-oss-20b active parameters",
-        "gpt-oss-20b has 20.9 billion parameters, of which 3.6 billion are active per token",
+        "gpt-oss-20b has 20.9 billion parameters, 3.6 billion of them active per token",
         "3.6 billion",
     ),
     DocsFact(

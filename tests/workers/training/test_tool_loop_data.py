@@ -71,7 +71,11 @@ def test_earlier_turns_are_history_as_the_router_renders_them():
     ("messages", "says"),
     [
         ([TURN[0], QUESTION, *TURN[1:]], "messages[0]: harmony messages only after the last user"),
-        ([QUESTION, *TURN[:3]], "must end with a final answer"),
+        ([QUESTION, *TURN[:3]], "end with its final answer"),
+        (
+            [QUESTION, TURN[0], TURN[2], *TURN[3:]],
+            "messages[2]: the model's turn goes on only after",
+        ),
         ([QUESTION, TURN[0], {"role": "assistant", "content": "x"}], "messages[2]: after the last"),
         ([QUESTION, harmony("assistant", 3)], "messages[1].harmony.text: expected a string"),
         ([QUESTION, {"harmony": {**TURN[4]["harmony"], "colour": "red"}}], "unknown field"),
