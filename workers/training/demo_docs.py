@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from oss_serve import tools
@@ -48,7 +49,12 @@ def search_display(query: str) -> str:
             raise ValueError(f"browser.search({query!r}) failed: {output.text}")
         return output.text
 
-    return asyncio.run(search())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(search())
+    with ThreadPoolExecutor(max_workers=1) as thread:  # called from async code: its own loop
+        return thread.submit(asyncio.run, search()).result()
 
 
 def citation(display: str, phrase: str) -> str:
