@@ -48,6 +48,9 @@ def test_the_readme_code_interpreter_example_answers_from_pythons_output(client)
     )
     kinds = [item.type for item in response.output]
     assert kinds[-1] == "message" and "code_interpreter_call" in kinds, kinds
+    call = next(item for item in response.output if item.type == "code_interpreter_call")
+    assert call.status == "completed" and "37 * 91" in (call.code or "")
+    assert [(o.type, o.logs.strip()) for o in call.outputs or []] == [("logs", "3367")]
     assert "3367" in response.output_text
 
 
@@ -61,4 +64,23 @@ def test_a_web_search_runs_over_the_bundled_docs(client):
     search = next(item for item in response.output if item.type == "web_search_call")
     assert search.status == "completed" and search.action.query
     assert any(source.url.endswith("ports.md") for source in search.action.sources or [])
-    assert response.output[-1].type in ("message", "reasoning")
+    assert "8000" in response.output_text
+    assert re.search(r"【\d+†L\d+(?:-L\d+)?】", response.output_text), response.output_text
+
+
+def test_offered_both_tools_each_question_takes_its_own(client):
+    tools = [
+        {"type": "web_search_preview"},
+        {"type": "code_interpreter", "container": {"type": "auto"}},
+    ]
+    arithmetic, docs = (
+        client.responses.create(model=MODEL, input=question, tools=tools, temperature=0)
+        for question in ("What is 12 * 34?", "What port does the oss-serve HTTP API use?")
+    )
+    calls = [
+        [item.type for item in r.output if item.type.endswith("_call")] for r in (arithmetic, docs)
+    ]
+    assert calls == [["code_interpreter_call"], ["web_search_call"]]
+    assert "408" in arithmetic.output_text
+    assert "8000" in docs.output_text
+    assert re.search(r"【\d+†L\d+(?:-L\d+)?】", docs.output_text), docs.output_text

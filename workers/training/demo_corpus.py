@@ -297,15 +297,15 @@ def generate_corpus(size: int = DEFAULT_SIZE, seed: int = 0) -> list[Conversatio
     """`size` conversations, the same list for the same (size, seed, CORPUS_VERSION)."""
     rng = random.Random(seed)
     kinds: list[tuple[float, Callable[[random.Random], Conversation]]] = [
-        (0.12, _greeting),
-        (0.18, _arithmetic),
-        (0.30, _weather_call),
-        (0.06, _tools_offered_no_call),
-        (0.16, _json_answer),
-        (0.10, _out_of_scope),
-        (0.08, _two_turns),
-        (0.14, demo_tool_chats.python_turn),
-        (0.14, demo_tool_chats.docs_turn),
+        (0.10, _greeting),
+        (0.14, _arithmetic),
+        (0.22, _weather_call),
+        (0.05, _tools_offered_no_call),
+        (0.12, _json_answer),
+        (0.08, _out_of_scope),
+        (0.06, _two_turns),
+        (0.20, demo_tool_chats.python_turn),
+        (0.13, demo_tool_chats.docs_turn),
         (0.06, _builtin_tools_unused),
     ]
     weights = [weight for weight, _ in kinds]

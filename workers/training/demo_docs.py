@@ -1,65 +1,65 @@
 """The bundled docs folder the demo's browser searches, and what a search of it displays.
 
 `oss-serve up` points the browser tool at `oss_serve/tools/demo_docs`; the demo corpus
-trains on the very display the browser shows for each query there, so the model reads in
-training what it reads when served.
+trains on the display the real browser tool returns for each query there (a fresh session,
+so cursor 0), so the model reads in training exactly what it reads when served.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-DEMO_DOCS_DIR = Path(__file__).resolve().parents[2] / "tools" / "demo_docs"
+from oss_serve import tools
+from oss_serve.common.settings import Settings
+from oss_serve.tools.base import ToolCall
+from oss_serve.tools.browser.executor import BrowserExecutor
+from oss_serve.tools.browser.local_index import LocalDocsBackend
+
+DEMO_DOCS_DIR = Path(tools.__file__).resolve().parent / "demo_docs"
+SEARCH_RECIPIENT = "browser.search"
 _LINE = re.compile(r"^L(\d+): (.*)$")
-_WORD = re.compile(r"[a-z0-9]+(?:[.-][a-z0-9]+)*")
-_WRAP = 80
 
 
-def _words(text: str) -> set[str]:
-    return set(_WORD.findall(text.lower()))
+@functools.cache
+def _browser() -> BrowserExecutor:
+    """The browser `oss-serve up` runs: the local index over the demo docs, the default cap."""
+    output_max_bytes = Settings.model_fields["tool_output_max_bytes"].default
+    backend = LocalDocsBackend.from_folder(DEMO_DOCS_DIR)
+    return BrowserExecutor(backend, output_max_bytes=output_max_bytes)
 
 
-@functools.lru_cache(maxsize=64)
-def search_display(query: str, cursor: int = 0) -> str:
-    """The browser's display for `browser.search({"query": query})` as the page at `cursor`.
+@functools.lru_cache(maxsize=256)
+def search_display(query: str) -> str:
+    """The browser's message for `browser.search({"query": query})`, first call of a session."""
 
-    Reference page-and-cursor format: `[cursor] title`, the scrollbar, numbered lines; each
-    hit is a link `【i†title†file】` followed by the doc's lines that share words with the query.
-    """
-    query_words = _words(query)
-    hits: list[tuple[int, str, str, list[str]]] = []
-    for path in sorted(DEMO_DOCS_DIR.glob("*.md")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        title = lines[0].lstrip("# ").strip()
-        body = [line for line in lines[1:] if line.strip()]
-        matched = [line for line in body if query_words & _words(line)]
-        score = len(query_words & _words(path.read_text(encoding="utf-8")))
-        if score:
-            hits.append((-score, path.name, title, matched or body[:1]))
-    hits.sort()
-    page = ["# Search Results", ""]
-    for index, (_, name, title, snippet) in enumerate(hits[:10]):
-        page.append(f"* 【{index}†{title}†{name}】")
-        for line in snippet:
-            page += _wrap(line)
-        page.append("")
-    body_lines = [f"L{number}: {line}" for number, line in enumerate(page)]
-    header = f"[{cursor}] Search results for `{query}`\n"
-    header += f"**viewing lines [0 - {len(page) - 1}] of {len(page) - 1}**\n\n"
-    return header + "\n".join(body_lines)
+    async def search() -> str:
+        browser = _browser()
+        session = f"demo-corpus:{query}"
+        try:
+            call = ToolCall(SEARCH_RECIPIENT, json.dumps({"query": query}), session)
+            output = await browser.call(call)
+        finally:
+            await browser.close_session(session)
+        if output.error:
+            raise ValueError(f"browser.search({query!r}) failed: {output.text}")
+        return output.text
 
-
-def _wrap(line: str) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(line, width=_WRAP) or [""]
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(search())
+    with ThreadPoolExecutor(max_workers=1) as thread:  # called from async code: its own loop
+        return thread.submit(asyncio.run, search()).result()
 
 
 def citation(display: str, phrase: str) -> str:
-    """`【cursor†Lstart(-Lend)?】` for the display lines that hold `phrase`; the text may wrap
-    over two lines, so a phrase split at a line end is found too."""
+    """`【cursor†Lstart(-Lend)?】` for the display lines that hold `phrase`; a phrase the
+    display wrapped onto the next line cites both."""
     cursor = int(display[1 : display.index("]")])
     numbered = [
         (int(match.group(1)), match.group(2))

@@ -22,7 +22,7 @@ Conversation = dict[str, Any]
 CALL_CHANNEL = "analysis"
 CALL_CONTENT_TYPE = "code"
 SEARCH_RECIPIENT = f"{BROWSER}.search"
-TOOL_SETS = ((PYTHON,), (BROWSER,), (BROWSER, PYTHON), (BROWSER, PYTHON))
+TOOL_SETS = ((PYTHON,), (BROWSER,), (BROWSER, PYTHON))
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,16 @@ DOCS_FACTS: tuple[DocsFact, ...] = (
         (
             "What is the name of the demo model?",
             "Under which name does oss-serve up serve the demo model?",
-            "What model name does the demo model have?",
+            "What is the demo model called?",
         ),
         "demo model name",
-        "oss-serve up serves the demo model under the name oss-serve-demo",
+        "oss-serve up serves the demo model named oss-serve-demo",
         "oss-serve-demo",
     ),
     DocsFact(
         (
             "How many layers does the demo model have?",
-            "How big is the oss-serve demo model?",
+            "How many experts does the demo model have?",
             "What is the hidden size of the demo model?",
         ),
         "demo model layers hidden size",
@@ -89,12 +89,12 @@ DOCS_FACTS: tuple[DocsFact, ...] = (
     ),
     DocsFact(
         (
-            "How many parameters of gpt-oss-20b are active per token?",
             "How many active parameters does gpt-oss-20b have?",
+            "How many parameters does gpt-oss-20b have?",
             "How large is gpt-oss-20b?",
         ),
         "gpt-oss-20b active parameters",
-        "gpt-oss-20b has 20.9 billion parameters, of which 3.6 billion are active per token",
+        "gpt-oss-20b has 20.9 billion parameters, 3.6 billion of them active per token",
         "3.6 billion",
     ),
     DocsFact(
@@ -162,7 +162,7 @@ _PYTHON_QUESTIONS = (
 )
 # problems the tests and the README ask, always in the corpus (the model copies the
 # numbers, and a number token the corpus never had reads the shared unknown embedding)
-CANONICAL_PROBLEMS = ((37, "*", 91), (12, "*", 34), (123, "+", 456))
+CANONICAL_PROBLEMS = ((37, "*", 91), (12, "*", 34), (55, "+", 18))
 
 
 def harmony(author: str, text: str, **fields: str) -> dict[str, Any]:
@@ -189,9 +189,9 @@ def _tool_output(author: str, text: str) -> dict[str, Any]:
 
 
 def python_output(a: int, op: str, b: int) -> str:
-    """What `print(a op b)` writes to stdout."""
-    result = {"+": a + b, "-": a - b, "*": a * b}[op]
-    return f"{result}\n"
+    """The python tool's message for `print(a op b)`: the cell's stdout without its last
+    newline."""
+    return str({"+": a + b, "-": a - b, "*": a * b}[op])
 
 
 def python_turn(rng: random.Random) -> Conversation:
@@ -200,13 +200,10 @@ def python_turn(rng: random.Random) -> Conversation:
         a, op, b = rng.choice(CANONICAL_PROBLEMS)
     else:
         op = rng.choice(tuple(_OPS))
-        limit = 999 if op != "*" and rng.random() < 0.3 else 99
-        a, b = rng.randint(2, limit), rng.randint(2, limit)
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
     expression = f"{a} {op} {b}"
     question = rng.choice(_PYTHON_QUESTIONS).format(a=a, op=op, b=b, word=_OPS[op])
     printed = python_output(a, op, b)
-    result = printed.strip()
-    answer = rng.choice((f"{expression} = {result}.", f"The answer is {result}."))
     return {
         "builtin_tools": list(rng.choice([tools for tools in TOOL_SETS if PYTHON in tools])),
         "messages": [
@@ -214,8 +211,8 @@ def python_turn(rng: random.Random) -> Conversation:
             _analysis(f"We need to compute {expression}. Let me run it in python."),
             _call(PYTHON, f"print({expression})"),
             _tool_output(PYTHON, printed),
-            _analysis(f"python printed {result}."),
-            _final(answer),
+            _analysis(f"python printed {printed}."),
+            _final(f"The answer is {printed}."),
         ],
     }
 

@@ -11,26 +11,23 @@ conversation gives the current turn's model and tool messages as raw harmony mes
 after the last user message, with the declared tools in the line's `builtin_tools`. The
 router's tool loop never re-renders such a turn: each continuation's prompt is the previous
 prompt, the tokens the model generated (a call ends with `<|call|>`, its recipient after
-the channel) and the tool's message, then `<|start|>assistant`. So the whole turn is ONE
+the channel) and the tool's message, then `<|start|>assistant` (`continue_after_tool`, the
+router's own function). So the whole turn is ONE
 training sequence, the token stream the replica sees at the last step, with the loss on
 every stretch the model generated.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from oss_serve.harmony.chat_input import conversation_from_chat
 from oss_serve.harmony.conversation import DEFAULT_MODEL_IDENTITY, HarmonyMessage
-from oss_serve.harmony.render import render_conversation, render_messages
-from oss_serve.harmony.training import (
-    TrainingSequence,
-    assistant_header,
-    completion_spans,
-    render_completion,
-)
+from oss_serve.harmony.render import continue_after_tool, render_conversation
+from oss_serve.harmony.training import TrainingSequence, completion_spans, render_completion
 
 HARMONY_FIELD = "harmony"
 _OPTIONAL_FIELDS = ("channel", "recipient", "content_type")
@@ -69,18 +66,25 @@ def render_tool_loop_for_training(
     ]
     tokens = render_conversation(conversation)
     mask = [False] * len(tokens)
-    cursor = 0
-    for start, stop in completion_spans(turn):
-        if start != cursor:  # the tools' messages since the last call, then the model again
-            between = render_messages(turn[cursor:start]) + assistant_header()
-            tokens += between
-            mask += [False] * len(between)
+    spans = completion_spans(turn)
+    if not spans or spans[0][0] != 0 or spans[-1][1] != len(turn) or not turn[-1].is_final:
+        raise ValueError(
+            f"messages[{loop_start}:]: the turn must start with the model and end with its "
+            "final answer"
+        )
+    for (start, stop), (next_start, _) in itertools.pairwise(spans):
+        field = f"messages[{loop_start + stop}]"
+        if turn[stop - 1].recipient is None or next_start != stop + 1:
+            raise ValueError(f"{field}: the model's turn goes on only after a call and its output")
         completion = render_completion(turn[start:stop])
-        tokens += completion
-        mask += [True] * len(completion)
-        cursor = stop
-    if cursor != len(turn) or not turn[-1].is_final:
-        raise ValueError(f"messages[{len(messages) - 1}]: the turn must end with a final answer")
+        continued = continue_after_tool(tokens, completion, turn[stop])
+        mask += [True] * len(completion) + [False] * (
+            len(continued) - len(tokens) - len(completion)
+        )
+        tokens = continued
+    completion = render_completion(turn[spans[-1][0] :])
+    tokens += completion
+    mask += [True] * len(completion)
     return TrainingSequence(tuple(tokens), tuple(mask))
 
 

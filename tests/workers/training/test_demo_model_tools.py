@@ -19,9 +19,8 @@ import pytest
 from oss_serve import LLM, SamplingParams
 from oss_serve.common.vocab import CALL, RETURN
 from oss_serve.harmony import ParsedCompletion, parse_completion, render_chat_request
-from oss_serve.harmony.conversation import HarmonyMessage
-from oss_serve.harmony.render import render_messages
-from oss_serve.harmony.training import assistant_header
+from oss_serve.harmony.conversation import tool_output_message
+from oss_serve.harmony.render import continue_after_tool
 from oss_serve.workers.training import demo_docs
 from oss_serve.workers.training.demo_tool_chats import DOCS_FACTS
 from tests.workers.training.finetune_helpers import one_torch_thread  # noqa: F401 (autouse)
@@ -50,18 +49,17 @@ def _prompt(question: str, tools: tuple[str, ...]) -> list[int]:
 
 
 def _continuation(prompt: list[int], generated: list[int], author: str, output: str) -> list[int]:
-    """What the tool loop sends next: everything so far, the tool's message, the model's turn."""
-    tool_message = HarmonyMessage(
-        author=author, text=output, channel="analysis", recipient="assistant"
-    )
-    return [*prompt, *generated, *render_messages([tool_message]), *assistant_header()]
+    """What the router's tool loop sends next: everything so far, the tool's message on the
+    call's channel, the model's turn."""
+    return continue_after_tool(prompt, generated, tool_output_message(author, output, "analysis"))
 
 
 def _run_python(code: str) -> str:
-    """The code's stdout from a real interpreter (what the python tool returns for it)."""
+    """The code's stdout from a real interpreter, as the python tool returns it (without the
+    last newline)."""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    return done.stdout.rstrip("\n")
 
 
 @pytest.mark.parametrize("tools", [("python",), ("browser", "python")])
@@ -78,7 +76,7 @@ def test_arithmetic_goes_to_python_and_the_answer_states_what_it_printed(demo_ll
         (call,) = parsed.builtin_tool_calls
         assert call.recipient == "python" and call.channel == "analysis", question
         printed = _run_python(call.arguments)
-        assert printed == f"{expected}\n", (question, call.arguments)
+        assert printed == str(expected), (question, call.arguments)
         continuations.append(_continuation(prompt, tokens, "python", printed))
     for (question, expected), (tokens, parsed) in zip(
         problems, _generate(demo_llm, continuations), strict=True

@@ -21,7 +21,7 @@ TURN = [
     harmony(
         "assistant", "print(37 * 91)", channel="analysis", recipient="python", content_type="code"
     ),
-    harmony("python", "3367\n", channel="analysis", recipient="assistant"),
+    harmony("python", "3367", channel="analysis", recipient="assistant"),
     harmony("assistant", "python printed 3367.", channel="analysis"),
     harmony("assistant", "The answer is 3367.", channel="final"),
 ]
@@ -40,7 +40,7 @@ def test_a_tool_loop_turn_is_one_sequence_of_what_the_replica_sees_at_the_last_s
     assert decode(list(sequence.token_ids[len(prompt) :])) == (
         "<|channel|>analysis<|message|>Let me run it.<|end|>"
         "<|start|>assistant<|channel|>analysis to=python code<|message|>print(37 * 91)<|call|>"
-        "<|start|>python to=assistant<|channel|>analysis<|message|>3367\n<|end|>"
+        "<|start|>python to=assistant<|channel|>analysis<|message|>3367<|end|>"
         "<|start|>assistant<|channel|>analysis<|message|>python printed 3367.<|end|>"
         "<|start|>assistant<|channel|>final<|message|>The answer is 3367.<|return|>"
     )
@@ -71,7 +71,11 @@ def test_earlier_turns_are_history_as_the_router_renders_them():
     ("messages", "says"),
     [
         ([TURN[0], QUESTION, *TURN[1:]], "messages[0]: harmony messages only after the last user"),
-        ([QUESTION, *TURN[:3]], "must end with a final answer"),
+        ([QUESTION, *TURN[:3]], "end with its final answer"),
+        (
+            [QUESTION, TURN[0], TURN[2], *TURN[3:]],
+            "messages[2]: the model's turn goes on only after",
+        ),
         ([QUESTION, TURN[0], {"role": "assistant", "content": "x"}], "messages[2]: after the last"),
         ([QUESTION, harmony("assistant", 3)], "messages[1].harmony.text: expected a string"),
         ([QUESTION, {"harmony": {**TURN[4]["harmony"], "colour": "red"}}], "unknown field"),
