@@ -153,7 +153,8 @@ def _event(kind: str, **fields: Any) -> Event:
 def _web_action(action: dict[str, Any], requested: dict[str, Any]) -> dict[str, Any]:
     """The tool's account of what it did, in the API's action shapes (`requested`, read
     from the model's arguments, where the tool's is not one of them)."""
-    kind = {"open": "open_page", "find": "find_in_page"}.get(action.get("type"), action.get("type"))
+    told = str(action.get("type"))
+    kind = {"open": "open_page", "find": "find_in_page"}.get(told, told)
     if kind == "search":
         query = action.get("query")
         return {"type": "search", "query": query if isinstance(query, str) else ""}

@@ -54,15 +54,17 @@ def test_the_readme_code_interpreter_example_answers_from_pythons_output(client)
     assert "3367" in response.output_text
 
 
-def test_a_web_search_of_the_bundled_docs_is_cited(client):
+def test_a_web_search_runs_over_the_bundled_docs(client):
     response = client.responses.create(
         model=MODEL,
-        input="What is the name of the demo model?",
+        input="What port does the oss-serve HTTP API use?",
         tools=[{"type": "web_search_preview"}],
         temperature=0,
     )
-    assert any(item.type == "web_search_call" for item in response.output)
-    assert "oss-serve-demo" in response.output_text
+    search = next(item for item in response.output if item.type == "web_search_call")
+    assert search.status == "completed" and search.action.query
+    assert any(source.url.endswith("ports.md") for source in search.action.sources or [])
+    assert "8000" in response.output_text
     assert re.search(r"【\d+†L\d+(?:-L\d+)?】", response.output_text), response.output_text
 
 
