@@ -71,7 +71,7 @@ DOCS_FACTS: tuple[DocsFact, ...] = (
         (
             "How many layers does the demo model have?",
             "How many experts does the demo model have?",
-            "How big is the demo model?",
+            "What is the hidden size of the demo model?",
         ),
         "demo model layers hidden size",
         "The demo model has 2 layers, a hidden size of 64 and 4 experts",
