@@ -71,7 +71,7 @@ DOCS_FACTS: tuple[DocsFact, ...] = (
         (
             "How many layers does the demo model have?",
             "How many experts does the demo model have?",
-            "What is the hidden size of the demo model?",
+            "How big is the demo model?",
         ),
         "demo model layers hidden size",
         "The demo model has 2 layers, a hidden size of 64 and 4 experts",
@@ -160,8 +160,8 @@ _PYTHON_QUESTIONS = (
     "What is {a} {word} {b}?",
     "Use python: what is {a} {op} {b}?",
 )
-# problems the tests and the README ask, always in the corpus (the model copies the
-# numbers, and a number token the corpus never had reads the shared unknown embedding)
+# problems the tests and the README ask, often in the corpus: the model copies the numbers,
+# and it copies a number token well only when it has seen that token many times
 CANONICAL_PROBLEMS = ((37, "*", 91), (12, "*", 34), (55, "+", 18))
 
 
@@ -196,7 +196,7 @@ def python_output(a: int, op: str, b: int) -> str:
 
 def python_turn(rng: random.Random) -> Conversation:
     """An arithmetic question answered with the number python printed."""
-    if rng.random() < 0.05:
+    if rng.random() < 0.25:
         a, op, b = rng.choice(CANONICAL_PROBLEMS)
     else:
         op = rng.choice(tuple(_OPS))
