@@ -22,7 +22,8 @@ Conversation = dict[str, Any]
 CALL_CHANNEL = "analysis"
 CALL_CONTENT_TYPE = "code"
 SEARCH_RECIPIENT = f"{BROWSER}.search"
-TOOL_SETS = ((PYTHON,), (BROWSER,), (BROWSER, PYTHON))
+# one tool declared more often than both: both make the longest prompts, the costliest to train
+TOOL_SETS = ((PYTHON,), (PYTHON,), (BROWSER,), (BROWSER,), (BROWSER, PYTHON))
 
 
 @dataclass(frozen=True)
