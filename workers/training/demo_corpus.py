@@ -297,16 +297,16 @@ def generate_corpus(size: int = DEFAULT_SIZE, seed: int = 0) -> list[Conversatio
     """`size` conversations, the same list for the same (size, seed, CORPUS_VERSION)."""
     rng = random.Random(seed)
     kinds: list[tuple[float, Callable[[random.Random], Conversation]]] = [
-        (0.10, _greeting),
-        (0.14, _arithmetic),
-        (0.22, _weather_call),
-        (0.05, _tools_offered_no_call),
-        (0.12, _json_answer),
-        (0.08, _out_of_scope),
-        (0.06, _two_turns),
-        (0.20, demo_tool_chats.python_turn),
-        (0.13, demo_tool_chats.docs_turn),
-        (0.06, _builtin_tools_unused),
+        (0.12, _greeting),
+        (0.18, _arithmetic),
+        (0.30, _weather_call),
+        (0.06, _tools_offered_no_call),
+        (0.16, _json_answer),
+        (0.10, _out_of_scope),
+        (0.08, _two_turns),
+        (0.16, demo_tool_chats.python_turn),
+        (0.12, demo_tool_chats.docs_turn),
+        (0.04, _builtin_tools_unused),
     ]
     weights = [weight for weight, _ in kinds]
     return [_finish(rng.choices(kinds, weights)[0][1](rng), rng) for _ in range(size)]

@@ -8,9 +8,7 @@ recipe and the code version: a change to any of them trains a new one. A file lo
 second process wait for the first one's training instead of training too.
 
 It is a demo: it knows its corpus's few hundred tokens and shapes (greetings, small
-arithmetic, a get_weather call and its answer, JSON answers; with the built-in tools declared,
-arithmetic through python and questions about oss-serve through browser.search over the
-bundled docs), nothing else.
+arithmetic, a get_weather call and its answer, JSON answers), nothing else.
 """
 
 from __future__ import annotations
@@ -64,7 +62,6 @@ class DemoRecipe:
     max_batch_tokens: int = 2700
     eval_fraction: float = 0.05
     unknown_token_rate: float = 0.03
-    tie_embeddings: bool = True  # the answer after a tool repeats numbers it printed
     seed: int = 0
     threads: int = 1  # the tiny matmuls gain nothing from more; keeps runs reproducible
 
@@ -153,7 +150,6 @@ def _train_into(out_dir: Path, recipe: DemoRecipe, show_progress: bool | None) -
             eval_fraction=recipe.eval_fraction,
             corpus_vocab=True,
             unknown_token_rate=recipe.unknown_token_rate,
-            tie_embeddings=recipe.tie_embeddings,
             seed=recipe.seed,
             threads=recipe.threads,
             show_progress=show_progress,

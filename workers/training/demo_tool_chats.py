@@ -22,7 +22,8 @@ Conversation = dict[str, Any]
 CALL_CHANNEL = "analysis"
 CALL_CONTENT_TYPE = "code"
 SEARCH_RECIPIENT = f"{BROWSER}.search"
-TOOL_SETS = ((PYTHON,), (BROWSER,), (BROWSER, PYTHON))
+# one tool declared more often than both: both make the longest prompts, the costliest to train
+TOOL_SETS = ((PYTHON,), (PYTHON,), (BROWSER,), (BROWSER,), (BROWSER, PYTHON))
 
 
 @dataclass(frozen=True)
@@ -160,8 +161,8 @@ _PYTHON_QUESTIONS = (
     "What is {a} {word} {b}?",
     "Use python: what is {a} {op} {b}?",
 )
-# problems the tests and the README ask, always in the corpus (the model copies the
-# numbers, and a number token the corpus never had reads the shared unknown embedding)
+# problems the tests and the README ask, often in the corpus: the model copies the numbers,
+# and it copies a number token well only when it has seen that token many times
 CANONICAL_PROBLEMS = ((37, "*", 91), (12, "*", 34), (55, "+", 18))
 
 
@@ -196,7 +197,7 @@ def python_output(a: int, op: str, b: int) -> str:
 
 def python_turn(rng: random.Random) -> Conversation:
     """An arithmetic question answered with the number python printed."""
-    if rng.random() < 0.05:
+    if rng.random() < 0.25:
         a, op, b = rng.choice(CANONICAL_PROBLEMS)
     else:
         op = rng.choice(tuple(_OPS))

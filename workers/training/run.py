@@ -78,10 +78,6 @@ class FinetuneConfig:
     gradient_checkpointing: bool = False
     corpus_vocab: bool = False  # from scratch only: train on the corpus's tokens (exact loss)
     unknown_token_rate: float = 0.0  # corpus_vocab: share of prompt tokens shown as unseen ones
-    # from scratch: the unembedding shares the embedding's weights while training, so copying
-    # a token from the context (a number a tool printed) needs no per-token learning; the
-    # checkpoint holds the same values in both tensors
-    tie_embeddings: bool = False
     init_std: float | None = None  # from scratch: weight std (default: config.initializer_range)
     seed: int = 0
     device: str = "auto"
@@ -255,16 +251,12 @@ def _build_model(
     """(model to train, config of the checkpoint to write); experts dense, fp32 by default."""
     dtype = resolve_dtype(config.dtype, device)
     scratch = _from_scratch_config(config.model)
-    if scratch is None and config.tie_embeddings:
-        raise ValueError("tie_embeddings trains from scratch only (a preset or config)")
     if scratch is None:
         model = load_model(config.model, device=device, dtype=dtype, experts_format="dense")  # type: ignore[arg-type]
         return model, model.config
     trained = vocab.small_config(scratch) if vocab is not None else scratch
     model = GptOss(trained, experts_format="dense", dtype=dtype, device=device)
     init_random_weights(model, seed=config.seed, std=config.init_std)
-    if config.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
     return model, scratch
 
 
@@ -292,8 +284,7 @@ def _save(
             return
     if config.lora:
         merge_lora(model)
-    # a copy each: tied embeddings share one tensor, which a checkpoint file cannot hold twice
-    state = {name: t.detach().to("cpu").clone() for name, t in model.state_dict().items()}
+    state = {name: t.detach().to("cpu") for name, t in model.state_dict().items()}
     if vocab is not None:
         state = vocab.expand_state(state)
     save_checkpoint(state, full_config, config.out_dir, format=config.save_format)

@@ -127,9 +127,8 @@ def _served_adapter_matches_merged(base: Path, out: Path, conversations_file: Pa
     assert diff <= 1e-4
 
 
-@pytest.mark.parametrize("tie_embeddings", [False, True])
 def test_training_from_a_preset_on_the_corpus_vocabulary_writes_a_full_vocabulary_model(
-    conversations_file, tmp_path, tie_embeddings
+    conversations_file, tmp_path
 ):
     result = finetune(
         _quick_config(
@@ -139,7 +138,6 @@ def test_training_from_a_preset_on_the_corpus_vocabulary_writes_a_full_vocabular
             corpus_vocab=True,
             unknown_token_rate=0.05,
             max_batch_tokens=2000,
-            tie_embeddings=tie_embeddings,
         )
     )
     assert result.final_eval_loss < result.initial_eval_loss - 1.0
@@ -147,16 +145,6 @@ def test_training_from_a_preset_on_the_corpus_vocabulary_writes_a_full_vocabular
     assert model.config.vocab_size == 201088
     rows = model.lm_head.weight
     assert torch.equal(rows[150000], rows[150001])  # tokens outside the corpus share one row
-    # tied: one set of trained values written as both tensors (an ordinary untied checkpoint)
-    assert torch.equal(rows, model.embed_tokens.weight) == tie_embeddings
-
-
-def test_tied_embeddings_are_refused_for_a_pretrained_checkpoint(
-    base_checkpoint, conversations_file, tmp_path
-):
-    config = _quick_config(base_checkpoint, conversations_file, tmp_path, tie_embeddings=True)
-    with pytest.raises(ValueError, match="tie_embeddings trains from scratch only"):
-        finetune(config)
 
 
 def test_corpus_vocab_refuses_a_pretrained_checkpoint(base_checkpoint, conversations_file):
