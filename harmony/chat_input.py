@@ -10,7 +10,7 @@ commentary message to `functions.NAME`; a `tool` message is authored by the func
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from oss_serve.harmony.conversation import (
@@ -34,13 +34,19 @@ from oss_serve.harmony.request_fields import (
     required_str,
     response_format,
 )
+from oss_serve.harmony.tool_schema import ToolNamespace
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 _TEXT_PARTS = ("text",)
 
 
 def conversation_from_chat(
-    body: Any, *, date: str | None, builtin_tools: Collection[str], model_identity: str
+    body: Any,
+    *,
+    date: str | None,
+    builtin_tools: Collection[str],
+    model_identity: str,
+    tool_namespaces: Sequence[ToolNamespace] = (),
 ) -> Conversation:
     request = as_mapping(body, "body")
     functions = function_tools(request.get("tools"), request.get("tool_choice"), nested=True)
@@ -78,6 +84,7 @@ def conversation_from_chat(
         date=date,
         builtin_tools=builtin_tools,
         model_identity=model_identity,
+        tool_namespaces=tool_namespaces,
     )
 
 

@@ -43,15 +43,17 @@ class SystemSpec:
 
 @dataclass(frozen=True)
 class DeveloperSpec:
-    """What the harmony developer message says: instructions, function tools, formats."""
+    """What the harmony developer message says: instructions, function tools, other tool
+    namespaces (MCP servers'), formats."""
 
     instructions: str | None = None
     functions: tuple[ToolSpec, ...] = ()
     response_formats: tuple[ResponseFormat, ...] = ()
+    namespaces: tuple[ToolNamespace, ...] = ()
 
     @property
     def is_empty(self) -> bool:
-        return not (self.instructions or self.functions or self.response_formats)
+        return not (self.instructions or self.functions or self.response_formats or self.namespaces)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,24 @@ def function_call_message(name: str, arguments: str) -> HarmonyMessage:
         recipient=f"{FUNCTIONS_NAMESPACE}.{name}",
         content_type=CONSTRAIN_JSON,
     )
+
+
+def tool_call_message(
+    recipient: str, arguments: str, channel: str, content_type: str
+) -> HarmonyMessage:
+    """An assistant call to a server-side tool (`python`, `browser.search`, `<label>.<tool>`)."""
+    return HarmonyMessage(
+        author="assistant",
+        text=arguments,
+        channel=channel,
+        recipient=recipient,
+        content_type=content_type,
+    )
+
+
+def tool_output_message(author: str, output: str, channel: str) -> HarmonyMessage:
+    """A server-side tool's result, authored by the tool, on the channel of its call."""
+    return HarmonyMessage(author=author, text=output, channel=channel, recipient="assistant")
 
 
 def function_output_message(name: str, output: str) -> HarmonyMessage:

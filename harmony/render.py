@@ -65,9 +65,13 @@ def developer_text(spec: DeveloperSpec) -> str:
     sections = []
     if spec.instructions:
         sections += ["# Instructions", spec.instructions]
+    namespaces = list(spec.namespaces)
     if spec.functions:
-        namespace = ToolNamespace(name=FUNCTIONS_NAMESPACE, description=None, tools=spec.functions)
-        sections.append(render_tools_section([namespace]))
+        namespaces.append(
+            ToolNamespace(name=FUNCTIONS_NAMESPACE, description=None, tools=spec.functions)
+        )
+    if namespaces:
+        sections.append(render_tools_section(namespaces))
     if spec.response_formats:
         formats = ["# Response Formats"]
         for fmt in spec.response_formats:
@@ -78,7 +82,9 @@ def developer_text(spec: DeveloperSpec) -> str:
 
 
 def drop_finished_reasoning(messages: Sequence[HarmonyMessage]) -> list[HarmonyMessage]:
-    """Remove the analysis messages of every turn that reached a final answer.
+    """Remove the analysis messages of every turn that reached a final answer: the chain of
+    thought and the built-in tool calls and results on its channel, as openai-harmony drops
+    them.
 
     A turn runs from a user message to the next; analysis inside a turn still waiting on a
     tool result (no final yet) is kept, because the model continues that chain of thought.
@@ -90,7 +96,7 @@ def drop_finished_reasoning(messages: Sequence[HarmonyMessage]) -> list[HarmonyM
             turn_has_final = False
         elif message.is_final:
             turn_has_final = True
-        elif message.is_analysis and turn_has_final:
+        elif message.channel == "analysis" and turn_has_final:
             continue
         kept.append(message)
     kept.reverse()
@@ -145,6 +151,22 @@ def render_messages(messages: Iterable[HarmonyMessage]) -> list[int]:
     return out
 
 
+def continue_after_tool(
+    prompt: Sequence[int], completion: Sequence[int], result: HarmonyMessage
+) -> list[int]:
+    """The next prompt of a server-side tool loop: the prompt, the model's tokens up to and
+    with its `<|call|>` (added if the engine left it out), the tool's message, and
+    `<|start|>assistant`. The model's own tokens are kept as generated, so the replica's
+    prefix cache holds the whole new prompt but the tool's message."""
+    out = [*prompt, *completion]
+    if not completion or completion[-1] != CALL:
+        out.append(CALL)
+    _render_message(result, out)
+    out.append(START)
+    out.extend(_encode_cached("assistant"))
+    return out
+
+
 def render_conversation(conversation: Conversation) -> list[int]:
     """System, developer (if not empty), the messages after CoT dropping, `<|start|>assistant`."""
     out: list[int] = []
@@ -167,15 +189,21 @@ def render_chat_request(
     date: str | None = None,
     builtin_tools: Collection[str] = (),
     model_identity: str = DEFAULT_MODEL_IDENTITY,
+    tool_namespaces: Sequence[ToolNamespace] = (),
 ) -> list[int]:
     """Token ids for a Chat Completions request, ending with `<|start|>assistant`.
 
     `date` (YYYY-MM-DD, default today in UTC) goes into the system message;
-    `builtin_tools` ("browser", "python") are the built-in tools the server enables.
+    `builtin_tools` ("browser", "python") are the built-in tools the system message declares,
+    `tool_namespaces` the developer message's namespaces besides `functions` (MCP servers').
     Raises HarmonyRequestError (a ValueError) naming the offending field.
     """
     conversation = conversation_from_chat(
-        body, date=date, builtin_tools=builtin_tools, model_identity=model_identity
+        body,
+        date=date,
+        builtin_tools=builtin_tools,
+        model_identity=model_identity,
+        tool_namespaces=tool_namespaces,
     )
     return render_conversation(conversation)
 
@@ -186,9 +214,14 @@ def render_responses_request(
     date: str | None = None,
     builtin_tools: Collection[str] = (),
     model_identity: str = DEFAULT_MODEL_IDENTITY,
+    tool_namespaces: Sequence[ToolNamespace] = (),
 ) -> list[int]:
     """Token ids for a Responses API request (input items, instructions, tools, reasoning)."""
     conversation = conversation_from_responses(
-        body, date=date, builtin_tools=builtin_tools, model_identity=model_identity
+        body,
+        date=date,
+        builtin_tools=builtin_tools,
+        model_identity=model_identity,
+        tool_namespaces=tool_namespaces,
     )
     return render_conversation(conversation)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from oss_serve.harmony.builtin_tools import builtin_namespaces
@@ -23,7 +23,7 @@ from oss_serve.harmony.conversation import (
 )
 from oss_serve.harmony.errors import HarmonyRequestError
 from oss_serve.harmony.schema_normalize import normalize_schema
-from oss_serve.harmony.tool_schema import ToolSpec
+from oss_serve.harmony.tool_schema import ToolNamespace, ToolSpec
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # OpenAI's rule for function names; it also keeps the harmony header parseable.
@@ -117,20 +117,25 @@ def checked_schema(value: Any, field: str, *, normalize: bool) -> Mapping[str, A
     return normalized if isinstance(normalized, Mapping) else schema
 
 
-def function_tools(raw_tools: Any, tool_choice: Any, *, nested: bool) -> tuple[ToolSpec, ...]:
+def function_tools(
+    raw_tools: Any, tool_choice: Any, *, nested: bool, skip_types: Collection[str] = ()
+) -> tuple[ToolSpec, ...]:
     """The request's function tools; `nested`: Chat's `{"type", "function": {...}}` shape,
-    else the Responses API's flat one. `tool_choice="none"` shows the model no tools."""
+    else the Responses API's flat one; entries of `skip_types` (the hosted tools the caller
+    reads itself) are passed over. `tool_choice="none"` shows the model no tools."""
     if raw_tools is None:
         return ()
     tools: list[ToolSpec] = []
     for index, raw_tool in enumerate(as_list(raw_tools, "tools")):
         field = f"tools[{index}]"
         tool = as_mapping(raw_tool, field)
-        if tool.get("type", "function" if nested else None) != "function":
+        kind = tool.get("type", "function" if nested else None)
+        if kind in skip_types:
+            continue
+        if kind != "function":
+            supported = ", ".join(["function", *sorted(skip_types)])
             raise HarmonyRequestError(
-                f"{field}.type",
-                f"only 'function' tools are supported, got {tool.get('type')!r} "
-                "(built-in tools are enabled by the server)",
+                f"{field}.type", f"unsupported tool type {kind!r}; use one of {supported}"
             )
         spec_field = f"{field}.function" if nested else field
         spec = as_mapping(tool.get("function"), spec_field) if nested else tool
@@ -192,12 +197,15 @@ def assemble_conversation(
     date: str | None,
     builtin_tools: Collection[str],
     model_identity: str,
+    tool_namespaces: Sequence[ToolNamespace] = (),
 ) -> Conversation:
-    """The Conversation both API adapters end with; server options complete the system part."""
+    """The Conversation both API adapters end with; server options complete the system part
+    (`tool_namespaces`: developer-message namespaces besides `functions`, MCP servers')."""
     developer = DeveloperSpec(
         instructions="\n\n".join(instructions) or None,
         functions=functions,
         response_formats=response_formats,
+        namespaces=tuple(tool_namespaces),
     )
     system = SystemSpec(
         date=_checked_date(date),

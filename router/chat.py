@@ -16,16 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from oss_serve.harmony import (
+    BuiltinToolCall,
     ContentDelta,
     HarmonyEvent,
     HarmonyRequestError,
     HarmonyStreamParser,
+    MessageEnd,
     ReasoningDelta,
     ToolCallArgumentsDelta,
     ToolCallStart,
     render_chat_request,
     stop_token_ids,
 )
+from oss_serve.harmony.tool_schema import ToolNamespace
 from oss_serve.protos import inference_pb2
 from oss_serve.router.errors import InvalidRequest
 from oss_serve.router.gate import Caller
@@ -52,9 +55,18 @@ class ChatChunk:
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
     finish_reason: str = ""
     usage: inference_pb2.Usage | None = None
+    # the call to a tool outside `functions.` (python, browser.*, an MCP server's) that
+    # ended the completion with `<|call|>`: the server runs it, or nobody does
+    server_call: BuiltinToolCall | None = None
 
     def is_empty(self) -> bool:
-        return not (self.reasoning or self.content or self.tool_calls or self.finish_reason)
+        return not (
+            self.reasoning
+            or self.content
+            or self.tool_calls
+            or self.finish_reason
+            or self.server_call
+        )
 
 
 @dataclass(frozen=True)
@@ -84,8 +96,11 @@ def plan_chat(
     *,
     n: int = 1,
     date: str | None = None,
+    builtin_tools: Sequence[str] = (),
+    tool_namespaces: Sequence[ToolNamespace] = (),
 ) -> HarmonyPlan:
-    """Validate and render a Chat Completions body (InvalidRequest names a bad field)."""
+    """Validate and render a Chat Completions body (InvalidRequest names a bad field);
+    `builtin_tools` and `tool_namespaces` declare the server-side tools it may call."""
     messages, tools = body.get("messages"), body.get("tools")
     limits.check_counts(
         n=n,
@@ -93,7 +108,9 @@ def plan_chat(
         tools=len(tools) if isinstance(tools, list) else 0,
     )
     try:
-        prompt = render_chat_request(body, date=date)
+        prompt = render_chat_request(
+            body, date=date, builtin_tools=builtin_tools, tool_namespaces=tool_namespaces
+        )
     except HarmonyRequestError as err:
         raise InvalidRequest(str(err), field=err.field) from err
     user = body.get("user")
@@ -223,8 +240,11 @@ def _call_id_prefix(request: GenerationRequest) -> str | None:
 
 def _chunk_of(request_id: str, events: list[HarmonyEvent]) -> ChatChunk:
     out = ChatChunk(request_id)
-    for event in events:
-        if isinstance(event, ReasoningDelta):
+    for previous, event in zip([None, *events], events, strict=False):
+        ends_with_call = isinstance(event, MessageEnd) and event.stop_reason == "tool_calls"
+        if ends_with_call and isinstance(previous, BuiltinToolCall):
+            out.server_call = previous
+        elif isinstance(event, ReasoningDelta):
             out.reasoning += event.text
         elif isinstance(event, ContentDelta):
             out.content += event.text

@@ -85,6 +85,15 @@ class IdempotencyConflict(RequestError):
     code = "idempotency_conflict"
 
 
+class ToolServerFailed(RequestError):
+    """A tool server the request names (an MCP server) could not list its tools: HTTP 424."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 424
+    error_type = "invalid_request_error"
+    code = "tool_server_failed"
+
+
 class Unavailable(RequestError):
     """No healthy replica serves the model, or Redis is unreachable."""
 

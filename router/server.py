@@ -38,9 +38,12 @@ from oss_serve.router.pipeline import PipelineConfig, RequestPipeline
 from oss_serve.router.policies import make_policy
 from oss_serve.router.prefix_index import PrefixIndex
 from oss_serve.router.request_limits import RequestLimits
+from oss_serve.router.tool_sessions import ToolSessions
 from oss_serve.streams.keys import RedisKeys
 from oss_serve.streams.kv_events import KvEventFollower
 from oss_serve.streams.redis_client import connect_from, is_sentinel_url
+from oss_serve.tools.python.sandbox import SandboxUnavailable
+from oss_serve.tools.server_tools import ServerTools, ToolConfigError
 
 log = get_logger(__name__)
 INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
@@ -72,6 +75,8 @@ class RouterServer:
             self.redis, keys, replica_acks=_replica_acks(settings.redis_replica_acks, redis_url)
         )
         self.pipeline: RequestPipeline | None = None
+        self.tools: ServerTools | None = None  # server-side tools, when --tools enables any
+        self.tool_sessions = ToolSessions(settings.session_ttl_s)
         self.idempotency = IdempotencyStore(
             self.redis,
             keys,
@@ -102,6 +107,7 @@ class RouterServer:
         )
         self.port = _listen(self._server, settings.host, settings.grpc_port, tls, mutual=False)
         self._link_server = self._start_link_server(tls)
+        self.tools = _server_tools(settings)
         policy = make_policy(
             settings.routing_policy,
             index=self.index,
@@ -137,6 +143,7 @@ class RouterServer:
             asyncio.create_task(self.events.run()),
             asyncio.create_task(self._report_health()),
             asyncio.create_task(self.idempotency.renew_forever()),
+            asyncio.create_task(self.tool_sessions.run()),
         ]
         log.info(
             "router started",
@@ -145,6 +152,7 @@ class RouterServer:
             link_address=self.link_address,
             tls=tls.serves_tls,
             policy=settings.routing_policy,
+            tools=sorted(settings.tools),
         )
 
     def _start_link_server(self, tls: TlsFiles) -> grpc.aio.Server:
@@ -224,8 +232,23 @@ class RouterServer:
         self.view.stop()
         self.events.stop()
         await stop_tasks(self._tasks)
+        await self.tool_sessions.aclose()
+        if self.tools is not None:
+            await self.tools.aclose()
         await self.redis.aclose()
         log.info("router stopped", router_id=self.router_id)
+
+
+def _server_tools(settings: Settings) -> ServerTools | None:
+    """The executors of the tools --tools enables (ValueError naming a bad tool setting)."""
+    if not settings.tools:
+        return None
+    try:
+        return ServerTools.from_settings(settings)
+    except ToolConfigError as err:
+        raise ValueError(f"server-side tools: {err.field}: {err}") from err
+    except SandboxUnavailable as err:
+        raise ValueError(str(err)) from err
 
 
 def _replica_acks(configured: int | None, redis_url: str) -> int:

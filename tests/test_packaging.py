@@ -53,6 +53,10 @@ def test_wheel_holds_only_the_oss_serve_namespace(wheel):
     for sub in SUBPACKAGES:
         assert f"oss_serve/{sub}/__init__.py" in names
     assert "oss_serve/protos/inference_pb2.py" in names, "protos must be compiled into the wheel"
+    demo_docs = sorted((REPO_ROOT / "tools" / "demo_docs").glob("*.md"))
+    assert demo_docs  # the folder the demo's browser searches ships in the wheel
+    for doc in demo_docs:
+        assert f"oss_serve/tools/demo_docs/{doc.name}" in names
 
 
 def test_every_subpackage_imports_from_the_wheel_in_a_clean_venv(wheel, tmp_path):

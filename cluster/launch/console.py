@@ -32,6 +32,7 @@ class Endpoints:
     python: str  # the interpreter that has the openai package
     link_address: str = ""  # host:port of the replica link
     cluster_token: str | None = None  # only when generated for this run (printed once)
+    tools: str = ""  # the server-side tools the Responses API may run, as the banner shows them
 
 
 class WeightBars:
@@ -128,6 +129,7 @@ oss-serve is up: model {e.model!r}, {replicas}
   redis       {e.redis_url}
   API key     {key_line}
   replica link {e.link_address}   cluster token: {token_line}
+  tools       {e.tools or "none (--tools python,browser,mcp)"}
 
 Try it from another terminal (paste the export line first):
 

@@ -423,6 +423,7 @@ class Launcher:
             else None,
             replicas=len(self.replicas),
             python=_display_path(Path(sys.executable)),
+            tools=_tools_line(self.settings),
         )
 
     # --- while serving ------------------------------------------------------------------------------
@@ -546,3 +547,14 @@ def _display_path(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _tools_line(settings: Settings) -> str:
+    """The enabled server-side tools, and where the browser searches."""
+    if not settings.tools:
+        return ""
+    where = settings.browser_search_url or (
+        _display_path(settings.browser_docs_dir) if settings.browser_docs_dir else None
+    )
+    browser = f" (browser over {where})" if "browser" in settings.tools and where else ""
+    return ", ".join(settings.tools) + browser

@@ -77,3 +77,68 @@ def lora_flags(
         "max_lora_rank": max_lora_rank,
         "max_cpu_loras": max_cpu_loras,
     }
+
+
+# server-side tools, shared by `up` and `router`
+ToolsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tools",
+        help="Server-side tools the Responses API (and Chat's server_tools) may use: "
+        "python, browser, mcp, comma-separated; 'none' turns them off.",
+    ),
+]
+BrowserDocsDirOption = Annotated[
+    Path | None,
+    typer.Option("--browser-docs-dir", help="Folder (Markdown, HTML, text) the browser searches."),
+]
+BrowserSearchUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--browser-search-url",
+        help="HTTP search API for the browser instead of a folder (key: "
+        "OSS_SERVE_BROWSER_SEARCH_API_KEY).",
+    ),
+]
+McpAllowedUrlsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--mcp-allowed-urls",
+        help="URL prefixes of the MCP servers requests may name, comma-separated.",
+    ),
+]
+AllowUnsandboxedPythonOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-unsandboxed-python",
+        help="Run python without bubblewrap when it is missing (weaker isolation).",
+    ),
+]
+MaxToolCallsOption = Annotated[
+    int | None,
+    typer.Option("--max-tool-calls", min=0, help="Server-side calls per response by default."),
+]
+
+
+def tool_flags(
+    tools: str | None,
+    browser_docs_dir: Path | None,
+    browser_search_url: str | None,
+    mcp_allowed_urls: str | None,
+    allow_unsandboxed_python: bool | None,
+    max_tool_calls: int | None,
+) -> dict[str, Any]:
+    """The tool flags as settings fields (given ones only)."""
+    return {
+        "tools": None if tools is None else _names(tools, none_word="none"),
+        "browser_docs_dir": browser_docs_dir,
+        "browser_search_url": browser_search_url,
+        "mcp_allowed_urls": None if mcp_allowed_urls is None else _names(mcp_allowed_urls),
+        "allow_unsandboxed_python": allow_unsandboxed_python,
+        "max_tool_calls": max_tool_calls,
+    }
+
+
+def _names(value: str, *, none_word: str | None = None) -> list[str]:
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    return [] if none_word is not None and names == [none_word] else names

@@ -8,7 +8,19 @@ from typing import Annotated
 
 import typer
 
-from oss_serve.commands._common import AdminApiKeyOption, ConfigOption, fail, settings_from_flags
+from oss_serve.commands._common import (
+    AdminApiKeyOption,
+    AllowUnsandboxedPythonOption,
+    BrowserDocsDirOption,
+    BrowserSearchUrlOption,
+    ConfigOption,
+    MaxToolCallsOption,
+    McpAllowedUrlsOption,
+    ToolsOption,
+    fail,
+    settings_from_flags,
+    tool_flags,
+)
 
 
 def router(
@@ -68,6 +80,12 @@ def router(
             "--tls-ca", help="PEM CA: replicas must present certificates it signed (mTLS)."
         ),
     ] = None,
+    tools: ToolsOption = None,
+    browser_docs_dir: BrowserDocsDirOption = None,
+    browser_search_url: BrowserSearchUrlOption = None,
+    mcp_allowed_urls: McpAllowedUrlsOption = None,
+    allow_unsandboxed_python: AllowUnsandboxedPythonOption = None,
+    max_tool_calls: MaxToolCallsOption = None,
 ) -> None:
     """Run the router: the gRPC API in front of the Redis queues, routing by prefix cache and load."""
     from oss_serve.router.server import run_router
@@ -89,6 +107,14 @@ def router(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
+        **tool_flags(
+            tools,
+            browser_docs_dir,
+            browser_search_url,
+            mcp_allowed_urls,
+            allow_unsandboxed_python,
+            max_tool_calls,
+        ),
     )
     try:
         asyncio.run(run_router(settings))

@@ -9,24 +9,34 @@ from typing import TYPE_CHECKING
 
 import typer
 
+import oss_serve.tools
 from oss_serve.commands._common import (
     AdminApiKeyOption,
+    AllowUnsandboxedPythonOption,
+    BrowserDocsDirOption,
+    BrowserSearchUrlOption,
     ConfigOption,
     EnableLoraOption,
     LoraModulesOption,
     MaxCpuLorasOption,
     MaxLoraRankOption,
     MaxLorasOption,
+    MaxToolCallsOption,
+    McpAllowedUrlsOption,
+    ToolsOption,
     fail,
     lora_flags,
     settings_from_flags,
+    tool_flags,
 )
 from oss_serve.common.logging import configure_logging
+from oss_serve.common.settings import Settings
 
 if TYPE_CHECKING:
     from oss_serve.cluster.launch.console import UpConsole
 
 DEMO_MODEL_NAME = "oss-serve-demo"
+DEMO_DOCS_DIR = Path(oss_serve.tools.__file__).parent / "demo_docs"  # the browser's demo folder
 
 
 def up(
@@ -58,6 +68,12 @@ def up(
     tls_ca: Path | None = typer.Option(
         None, "--tls-ca", help="PEM CA: the link is mTLS, replicas present --tls-cert."
     ),
+    tools: ToolsOption = None,
+    browser_docs_dir: BrowserDocsDirOption = None,
+    browser_search_url: BrowserSearchUrlOption = None,
+    mcp_allowed_urls: McpAllowedUrlsOption = None,
+    allow_unsandboxed_python: AllowUnsandboxedPythonOption = None,
+    max_tool_calls: MaxToolCallsOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Start Redis, a local Ray runtime, the replicas and a router; Ctrl-C stops them all."""
@@ -79,7 +95,16 @@ def up(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
+        **tool_flags(
+            tools,
+            browser_docs_dir,
+            browser_search_url,
+            mcp_allowed_urls,
+            allow_unsandboxed_python,
+            max_tool_calls,
+        ),
     )
+    settings = _with_demo_tools(settings)
     if "log_level" not in settings.model_fields_set:
         # the terminal shows progress lines and the banner; logs only when something is wrong
         settings = settings.model_copy(update={"log_level": "warning"})
@@ -95,6 +120,36 @@ def up(
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         code = 130
     raise typer.Exit(code)
+
+
+def _with_demo_tools(settings: Settings) -> Settings:
+    """Serving the demo model, and unless --tools (or OSS_SERVE_TOOLS) says otherwise, `up`
+    runs python and a browser over the bundled docs: the tools the demo model learnt."""
+    if "tools" in settings.model_fields_set or settings.model is not None:
+        return settings
+    tools = ["browser"]
+    problem = _python_sandbox_problem(settings)
+    if problem is None or settings.allow_unsandboxed_python:
+        tools.append("python")
+    else:
+        typer.secho(f"note: the python tool is off ({problem})", err=True)
+    update: dict[str, object] = {"tools": tools}
+    if settings.browser_docs_dir is None and settings.browser_search_url is None:
+        update["browser_docs_dir"] = DEMO_DOCS_DIR
+    return settings.model_copy(update=update)
+
+
+def _python_sandbox_problem(settings: Settings) -> str | None:
+    """Why python cannot run sandboxed here, or None when bubblewrap works."""
+    from oss_serve.tools.python.sandbox import SandboxLimits, find_bwrap, probe_bwrap
+
+    bwrap = find_bwrap()
+    if bwrap is None:
+        return "bubblewrap is not installed; --allow-unsandboxed-python runs it unsandboxed"
+    limits = SandboxLimits(
+        cell_timeout_s=settings.python_timeout_s, memory_mb=settings.python_memory_mb
+    )
+    return probe_bwrap(bwrap, limits)
 
 
 def _demo_model(cache_dir: Path, console: UpConsole) -> Path:

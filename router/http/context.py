@@ -1,5 +1,6 @@
 """What every route needs: the pipeline (its gate holds keys, limits and usage), the
-metrics it serves on /metrics, and the translation of HTTP's key headers for the gate."""
+metrics it serves on /metrics, the server-side tools and their sessions, and the
+translation of HTTP's key headers for the gate."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from redis.asyncio import Redis
 from oss_serve.router.gate import Caller, presented_key
 from oss_serve.router.metrics import RouterMetrics
 from oss_serve.router.pipeline import RequestPipeline
+from oss_serve.router.tool_sessions import ToolSessions
 from oss_serve.streams.keys import RedisKeys
+from oss_serve.tools.server_tools import ServerTools
 
 
 @dataclass
@@ -25,6 +28,9 @@ class ApiContext:
     owned_by: str = "oss-serve"
     admin_api_key: str | None = None  # allows the runtime LoRA load/unload endpoints
     created_unix_s: int = field(default_factory=lambda: int(time.time()))
+    tools: ServerTools | None = None  # server-side tools (--tools); None: none enabled
+    tool_sessions: ToolSessions | None = None
+    max_tool_calls: int = 16  # per response when the request names no max_tool_calls
 
     @property
     def max_body_bytes(self) -> int:

@@ -17,6 +17,7 @@ from oss_serve.common.vocab import VOCAB_SIZE
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_LOGPROBS = 20
+MAX_TOOL_CALLS = 1024  # server-side tool calls one response may make
 
 Number = StrictFloat | StrictInt
 TokenCount = Annotated[StrictInt, Field(ge=1, le=INT32_MAX)]
@@ -69,6 +70,9 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     include_reasoning: StrictBool = True  # vLLM: False leaves reasoning out of the answer
+    # extension: hosted tools the server runs (the Responses API's entries) and their bound
+    server_tools: list[dict[str, Any]] | None = None
+    max_tool_calls: Annotated[StrictInt, Field(ge=0, le=MAX_TOOL_CALLS)] | None = None
 
 
 class CompletionRequest(SamplingFields):
@@ -104,3 +108,4 @@ class ResponsesRequest(SamplingFields):
     store: StrictBool = True
     metadata: dict[StrictStr, StrictStr] | None = None
     background: StrictBool = False
+    max_tool_calls: Annotated[StrictInt, Field(ge=0, le=MAX_TOOL_CALLS)] | None = None

@@ -29,7 +29,11 @@ def responses_usage(usage: inference_pb2.Usage) -> dict[str, Any]:
         "input_tokens": usage.prompt_tokens,
         "output_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
+        "input_tokens_details": {
+            "cached_tokens": usage.cached_prompt_tokens,
+            # the engine keeps the blocks it computes in its prefix cache
+            "cache_write_tokens": usage.prompt_tokens - usage.cached_prompt_tokens,
+        },
         "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
     }
 

@@ -38,6 +38,9 @@ def api_context(router: RouterServer, settings: Settings) -> ApiContext:
         metrics=router.metrics,
         response_ttl_s=settings.response_store_ttl_s,
         admin_api_key=settings.admin_api_key.get_secret_value() if settings.admin_api_key else None,
+        tools=router.tools,
+        tool_sessions=router.tool_sessions,
+        max_tool_calls=settings.max_tool_calls,
     )
 
 

@@ -132,7 +132,7 @@ def test_reasoning_summary_is_used_when_the_item_has_no_content():
         ),
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
         ({"input": 5}, "input"),
-        ({"input": "x", "tools": [{"type": "web_search_preview"}]}, "tools[0].type"),
+        ({"input": "x", "tools": [{"type": "file_search"}]}, "tools[0].type"),
         ({"input": "x", "reasoning": {"effort": "max"}}, "reasoning.effort"),
         ({"input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
         (

@@ -97,7 +97,11 @@ CASES = [
         "not a valid function name",
     ),
     ({"messages": [USER], "tools": [_tool(), _tool()]}, "tools", "defined twice"),
-    ({"messages": [USER], "tools": [{"type": "retrieval"}]}, "tools[0].type", "only 'function'"),
+    (
+        {"messages": [USER], "tools": [{"type": "retrieval"}]},
+        "tools[0].type",
+        "unsupported tool type",
+    ),
     (
         {"messages": [USER], "tools": [_tool(description=7)]},
         "tools[0].function.description",

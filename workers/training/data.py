@@ -2,7 +2,9 @@
 
 A line is a Chat Completions request body whose messages include the assistant's answers
 (`reasoning`, `content`, `tool_calls`), with `tools`, `reasoning_effort`, `response_format`
-as in a request, and an optional `date` (YYYY-MM-DD) for the harmony system message.
+as in a request, an optional `date` (YYYY-MM-DD) for the harmony system message, and optional
+`builtin_tools` (`["browser", "python"]`: what the server declares there). A turn in which the
+server ran built-in tool calls gives its messages as raw harmony messages (see tool_loop).
 Batches are packed like the engine's: several whole sequences in one flat batch with their
 own attention spans (no padding, no attention across sequences).
 """
@@ -20,8 +22,10 @@ import torch
 
 from oss_serve.harmony.training import TrainingSequence, render_chat_for_training
 from oss_serve.workers.model.attention_metadata import AttentionMetadata
+from oss_serve.workers.training.tool_loop import is_tool_loop, render_tool_loop_for_training
 
 DATE_FIELD = "date"
+BUILTIN_TOOLS_FIELD = "builtin_tools"
 
 
 class DataError(ValueError):
@@ -65,10 +69,21 @@ def render_conversations(
     for index, conversation in enumerate(conversations):
         body = dict(conversation)
         date = body.pop(DATE_FIELD, None)
+        builtin_tools = body.pop(BUILTIN_TOOLS_FIELD, [])
         try:
             if date is not None and not isinstance(date, str):
                 raise ValueError(f"{DATE_FIELD}: expected a YYYY-MM-DD string")
-            rendered.append(render_chat_for_training(body, date=date))
+            if not isinstance(builtin_tools, list):
+                raise ValueError(f"{BUILTIN_TOOLS_FIELD}: expected a list of tool names")
+            if is_tool_loop(body):
+                sequence = render_tool_loop_for_training(
+                    body, date=date, builtin_tools=builtin_tools
+                )
+                rendered.append([sequence])
+            else:
+                rendered.append(
+                    render_chat_for_training(body, date=date, builtin_tools=builtin_tools)
+                )
         except ValueError as err:  # HarmonyRequestError names the field
             label = labels[index] if labels is not None else f"conversation {index + 1}"
             raise DataError(f"{label}: {err}") from err

@@ -4,8 +4,10 @@ Each conversation is a Chat Completions request body whose messages include the 
 answers (`reasoning`, `content`, `tool_calls`), plus a `date` for the harmony system message
 (varied, so the model does not depend on the date the router renders). Kinds: greetings,
 arithmetic with reasoning, a `get_weather` function call and the answer after its result,
-JSON answers to `response_format` json_schema requests. Every answer starts with an analysis
-message, as gpt-oss does. Deterministic for a seed: the demo model's cache key hashes it.
+JSON answers to `response_format` json_schema requests, and with gpt-oss's built-in tools
+declared (demo_tool_chats): arithmetic through `python`, questions about oss-serve through
+`browser.search` over the bundled docs. Every answer starts with an analysis message, as
+gpt-oss does. Deterministic for a seed: the demo model's cache key hashes it.
 
 The canonical shapes the demo model knows best (tests and the README use them):
 WEATHER_TOOL, a tool result like `{"temperature": 22, "unit": "celsius", "condition":
@@ -20,9 +22,12 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from oss_serve.harmony.builtin_tools import BROWSER
+from oss_serve.workers.training import demo_tool_chats
+
 Conversation = dict[str, Any]
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 DEFAULT_SIZE = 480
 
 WEATHER_TOOL: dict[str, Any] = {
@@ -299,6 +304,9 @@ def generate_corpus(size: int = DEFAULT_SIZE, seed: int = 0) -> list[Conversatio
         (0.16, _json_answer),
         (0.10, _out_of_scope),
         (0.08, _two_turns),
+        (0.16, demo_tool_chats.python_turn),
+        (0.12, demo_tool_chats.docs_turn),
+        (0.04, _builtin_tools_unused),
     ]
     weights = [weight for weight, _ in kinds]
     return [_finish(rng.choices(kinds, weights)[0][1](rng), rng) for _ in range(size)]
@@ -480,6 +488,16 @@ def _out_of_scope(rng: random.Random) -> Conversation:
     if rng.random() < 0.3:
         conversation["tools"] = [_weather_tool(rng)[0]]
     return conversation
+
+
+def _builtin_tools_unused(rng: random.Random) -> Conversation:
+    """Built-in tools declared, a request that needs none of them (arithmetic only when python
+    is not declared: with it, arithmetic goes to python)."""
+    kind = rng.random()
+    if kind >= 0.8:
+        return {"builtin_tools": [BROWSER], "messages": _arithmetic_turn(rng)}
+    make = _weather_call if kind < 0.3 else _greeting if kind < 0.6 else _out_of_scope
+    return {**make(rng), "builtin_tools": demo_tool_chats.any_tool_set(rng)}
 
 
 def _json_record(rng: random.Random) -> tuple[str, str, dict[str, Any], dict[str, Any]]:

@@ -55,7 +55,7 @@ class DemoRecipe:
     """Everything that determines the demo checkpoint (all of it goes into the cache key)."""
 
     config: ModelConfig = DEMO_CONFIG
-    corpus_size: int = 2000
+    corpus_size: int = 2400
     corpus_seed: int = 0
     steps: int = 1500
     lr: float = 3e-3

@@ -41,6 +41,7 @@ class ReplicaProcess:
         replica_id: str,
         folder: Path,
         extra_args: tuple[str, ...] = (),
+        model: str = TINY_MODEL,
     ) -> None:
         env = dict(os.environ)
         env.update(FAST_HEARTBEATS)
@@ -50,7 +51,7 @@ class ReplicaProcess:
         self.log_path = folder / f"{replica_id}.log"
         self._log = self.log_path.open("wb")
         args = [
-            sys.executable, "-m", "oss_serve.cli", "replica", "--model", TINY_MODEL,
+            sys.executable, "-m", "oss_serve.cli", "replica", "--model", model,
             "--redis-url", redis_url, "--replica-id", replica_id, "--max-model-len", "1024",
             "--kv-cache-memory", "16000000", *extra_args,
         ]  # fmt: skip
@@ -153,11 +154,18 @@ def router_settings(redis_url: str, namespace: str, **overrides: Any) -> Setting
 class Stack:
     """Redis + one replica + one in-process router (more routers on demand)."""
 
-    def __init__(self, folder: Path, namespace: str, replica_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        namespace: str,
+        replica_args: tuple[str, ...] = (),
+        *,
+        model: str = TINY_MODEL,
+    ) -> None:
         self.namespace = namespace
         self.redis = RedisServer(folder / "redis", appendonly=False).start()
         self.replica = ReplicaProcess(
-            self.redis.url, namespace, "replica-http", folder, replica_args
+            self.redis.url, namespace, "replica-http", folder, replica_args, model
         )
         self.loop = RouterLoop()
         self.routers: list[InProcessRouter] = []

@@ -56,17 +56,6 @@ TINY_RECIPE = DemoRecipe(
 )
 
 
-@pytest.fixture(scope="session")
-def demo_checkpoint() -> Path:
-    """Trained on first use, then cached (CI trains it once per fresh machine)."""
-    return ensure_demo_model()
-
-
-@pytest.fixture(scope="module")
-def demo_llm(demo_checkpoint) -> LLM:
-    return LLM(model=str(demo_checkpoint), dtype="float32")
-
-
 def _generate(
     llm: LLM, bodies: list[dict], dates: list[str]
 ) -> list[tuple[list[int], ParsedCompletion]]:
