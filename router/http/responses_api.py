@@ -1,4 +1,4 @@
-"""POST /v1/responses (and GET/DELETE of stored ones): Responses input items through
+"""POST /v1/responses (background ones: background_api.py): Responses input items through
 harmony and the shared pipeline, output items `reasoning`, `message`, `function_call`,
 non-streamed or as the Responses streaming events."""
 
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from oss_serve.harmony import HarmonyRequestError, render_responses_request
 from oss_serve.protos import inference_pb2
 from oss_serve.router.chat import ChatChunk, harmony_plan, open_chat
+from oss_serve.router.http.background_api import check_background, start_background
 from oss_serve.router.http.chat_api import options_of
 from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.errors import ApiError, invalid
@@ -208,8 +209,7 @@ async def create_response(request: Request, ctx: ApiContext, store: ResponseStor
     caller = await ctx.authenticate(request)
     body = await read_json(request, ctx.max_body_bytes)
     req = parse_body(ResponsesRequest, body)
-    if req.background:
-        raise invalid("background responses are not supported", "background")
+    check_background(req)
     items = await _input_items(req, store)
     ctx.pipeline.limits.check_counts(messages=len(items), tools=len(req.tools or ()))
     try:
@@ -226,28 +226,15 @@ async def create_response(request: Request, ctx: ApiContext, store: ResponseStor
     [stream] = await open_chat(ctx.pipeline, caller, plan, options_of(req))
     response = _response_json(req, new_id("resp_"), "in_progress")
     run = _Run(req, response, items, store)
+    if req.background:
+        frames = run.events(stream)
+        return await start_background(
+            request, caller, store, response, items, frames, stream=req.stream
+        )
     if req.stream:
         return await streaming_response(run.events(stream))
     await unless_disconnected(request, run.collect(stream))
     return JSONResponse(response)
-
-
-async def get_response(request: Request, ctx: ApiContext, store: ResponseStore) -> Response:
-    await ctx.authenticate(request)
-    record = await store.load(request.path_params["response_id"])
-    if record is None:
-        raise ApiError(
-            404, "no stored response with that id (expired or never stored)", param="response_id"
-        )
-    return JSONResponse(record["response"])
-
-
-async def delete_response(request: Request, ctx: ApiContext, store: ResponseStore) -> Response:
-    await ctx.authenticate(request)
-    response_id = request.path_params["response_id"]
-    if not await store.delete(response_id):
-        raise ApiError(404, "no stored response with that id", param="response_id")
-    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
 
 async def _input_items(req: ResponsesRequest, store: ResponseStore) -> list[dict[str, Any]]:
