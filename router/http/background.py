@@ -24,6 +24,7 @@ from oss_serve.router.http.background_runs import (
     StoredEvent,
     record_json,
 )
+from oss_serve.router.http.event_tails import EventTails
 from oss_serve.router.http.response_events import OutputSoFar, decode_frame
 from oss_serve.streams.redis_client import TRANSIENT_ERRORS
 
@@ -184,11 +185,13 @@ class BackgroundRun:
 
 class BackgroundResponses:
     """This router's background runs, and the loop that renews their leases (it runs while
-    there is at least one) and hands each its cancel request."""
+    there is at least one) and hands each its cancel request; `tails` reads the event
+    streams this router serves."""
 
     def __init__(self, runs: BackgroundRuns, owner: str) -> None:
         self.runs = runs
         self.owner = owner
+        self.tails = EventTails(runs)
         self.running: dict[str, BackgroundRun] = {}
         self._renewer: asyncio.Task[None] | None = None
 

@@ -27,12 +27,13 @@ from oss_serve.router.http.background_runs import (
 )
 from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.errors import ApiError, invalid
+from oss_serve.router.http.event_tails import EventTails
 from oss_serve.router.http.models import ResponsesRequest
 from oss_serve.router.http.response_events import frame_of
 from oss_serve.router.http.response_store import ResponseStore
 from oss_serve.router.http.streaming import streaming_response
 
-TAIL_BLOCK_MS = 1000  # a resumed stream waits this long for events before it checks the run
+IDLE_CHECK_S = 1.0  # a stream with no new event this long checks its run (ended, abandoned)
 CANCEL_POLL_S = 0.05
 ABANDONED = (
     "the router running this background response stopped before it finished "
@@ -71,7 +72,8 @@ async def start_background(
     manager = background_of(request)
     queued = await manager.start(caller.key.key_id, response, input_items, frames, stream=stream)
     if stream:
-        return await streaming_response(tail(manager.runs, store, queued["id"], after=-1))
+        frames = tail(manager.runs, manager.tails, store, queued["id"], after=-1)
+        return await streaming_response(frames)
     return JSONResponse(queued)
 
 
@@ -160,7 +162,8 @@ class BackgroundApi:
                 f"starting_after >= {first - 1}",
                 "starting_after",
             )
-        return await streaming_response(tail(self.runs, self.store, response_id, after))
+        frames = tail(self.runs, self.manager.tails, self.store, response_id, after)
+        return await streaming_response(frames)
 
     async def _settle(self, response_id: str, run: RunState) -> dict[str, Any]:
         await settle_abandoned(self.runs, self.store, response_id, run)
@@ -206,28 +209,27 @@ async def settle_abandoned(
 
 
 async def tail(
-    runs: BackgroundRuns, store: ResponseStore, response_id: str, after: int
+    runs: BackgroundRuns, tails: EventTails, store: ResponseStore, response_id: str, after: int
 ) -> AsyncIterator[bytes]:
     """The stored events after sequence number `after`, then the new ones as they come,
     until the end marker (or the response is gone)."""
-    cursor = after
-    ended = False
-    while True:
-        entries = await runs.read_events(response_id, cursor, None if ended else TAIL_BLOCK_MS)
-        for sequence_number, fields in entries:
+    async with tails.follow(response_id, after) as follower:
+        ended = False
+        while True:
+            try:
+                _, fields = await asyncio.wait_for(follower.entries.get(), IDLE_CHECK_S)
+            except TimeoutError:
+                if ended:
+                    return
+                run = await runs.state(response_id)
+                if run is None or not run.running:
+                    ended = True  # what it wrote last comes with the next read, if anything
+                elif await runs.lapsed(run):
+                    await settle_abandoned(runs, store, response_id, run)
+                continue
             if b"end" in fields:
                 return
             yield frame_of(fields[b"type"].decode(), fields[b"event"].decode())
-            cursor = sequence_number
-        if entries:
-            continue
-        if ended:
-            return
-        run = await runs.state(response_id)
-        if run is None or not run.running:
-            ended = True  # what it wrote last is in the stream now: one more read
-        elif await runs.lapsed(run):
-            await settle_abandoned(runs, store, response_id, run)
 
 
 def _not_found() -> ApiError:

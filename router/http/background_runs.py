@@ -326,21 +326,19 @@ class BackgroundRuns:
             )
         )
 
-    async def read_events(
-        self, response_id: str, after: int, block_ms: int | None
-    ) -> list[tuple[int, dict[bytes, bytes]]]:
-        """Events after sequence number `after` (waiting up to block_ms for the first;
-        None: only those already there)."""
-        key = self._keys.response_events(response_id)
-        reply: Any = await self._redis.xread({key: entry_id(after)}, count=256, block=block_ms)
-        entries: list[tuple[int, dict[bytes, bytes]]] = []
-        for _, stream_entries in reply or ():
-            for entry, fields in stream_entries:
-                entries.append((sequence_of(entry), fields))
-        return entries
-
-    async def events_exist(self, response_id: str) -> bool:
-        return bool(await self._redis.exists(self._keys.response_events(response_id)))
+    async def read_many(
+        self, cursors: dict[str, int], block_ms: int
+    ) -> dict[str, list[tuple[int, dict[bytes, bytes]]]]:
+        """Events of several responses after each one's sequence number, waiting up to
+        block_ms for the first: response id -> (sequence number, fields) in order."""
+        ids = {self._keys.response_events(response_id): response_id for response_id in cursors}
+        streams = {key: entry_id(cursors[response_id]) for key, response_id in ids.items()}
+        reply: Any = await self._redis.xread(streams, count=256, block=block_ms)  # type: ignore[arg-type]
+        found: dict[str, list[tuple[int, dict[bytes, bytes]]]] = {}
+        for key, stream_entries in reply or ():
+            name = key.decode() if isinstance(key, bytes) else key
+            found[ids[name]] = [(sequence_of(entry), fields) for entry, fields in stream_entries]
+        return found
 
 
 def _triples(events: Sequence[StoredEvent]) -> list[str]:

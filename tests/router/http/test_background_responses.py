@@ -1,17 +1,21 @@
 """Background responses with the official `openai` client against the real stack (Redis, a
 tiny-model replica, two in-process routers): polled to completion, cancelled through
 another router (the replica frees its KV), the event stream resumed after a sequence
-number on another router, hidden from other keys, refused without `store`."""
+number on another router, hidden from other keys, refused without `store`; and a router
+process killed mid-run: its response is reported failed once its lease lapses."""
 
 from __future__ import annotations
 
 import time
 
+import httpx
 import openai
 import pytest
 
+from oss_serve.router.http.background_runs import LEASE_S
 from tests.router.auth.helpers import add_key
 from tests.router.http.stack import API_KEY, TINY_MODEL
+from tests.router.stack import http_url, start_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 LONG = 900  # tokens: ~10 s of decoding on the tiny CPU model, far longer than the checks
@@ -153,3 +157,39 @@ def test_refusals_name_the_field(client):
     assert client.responses.cancel(polled_only.id).model_dump() == done.model_dump()
     with pytest.raises(openai.NotFoundError):
         client.responses.cancel("resp_missing")
+
+
+def test_a_dead_routers_response_is_reported_failed_after_its_lease(stack, client, tmp_path):
+    doomed, _ = start_router(
+        stack.redis_url, stack.namespace, tmp_path, "doomed", extra_args=["--api-key", API_KEY]
+    )
+    try:
+        base_url = http_url(doomed)
+        _wait_ready(base_url)
+        on_doomed = openai.OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0)
+        stream = on_doomed.responses.create(
+            model=TINY_MODEL, input="Go on and on.", background=True, stream=True,
+            max_output_tokens=LONG, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        seen = [event for event, _ in zip(stream, range(4), strict=False)]
+        response_id = seen[0].response.id
+        assert _poll(client, response_id, (*TERMINAL, "in_progress"), 30).status == "in_progress"
+        doomed.kill()
+        killed_s = time.monotonic()
+        failed = _poll(client, response_id, TERMINAL, LEASE_S + 10)
+    finally:
+        doomed.kill()
+        doomed.stop()
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error.code == "server_error" and "lease" in failed.error.message
+    assert time.monotonic() - killed_s < LEASE_S + 5
+    rest = list(client.responses.retrieve(response_id, stream=True, starting_after=3))
+    assert rest[0].sequence_number == 4 and rest[-1].type == "response.failed"
+    _wait_idle(stack)  # the replica dropped the dead router's request
+
+
+def _wait_ready(base_url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{base_url}/ready").status_code != 200:
+        assert time.monotonic() < deadline, "the router never became ready"
+        time.sleep(0.1)
