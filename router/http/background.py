@@ -62,6 +62,7 @@ class BackgroundRun:
         input_items: list[dict[str, Any]],
         *,
         stream: bool,
+        tool_session: str | None = None,
     ) -> None:
         self.runs = runs
         self.owner = owner
@@ -69,6 +70,7 @@ class BackgroundRun:
         self.base = copy.deepcopy(response)
         self.input_json = json.dumps(input_items, ensure_ascii=False)
         self.stream = stream
+        self.tool_session = tool_session  # kept in the record for a follow-up in the chain
         self.status = "queued"
         self.output = OutputSoFar()
         self.sequence = len(_OWN_EVENTS)
@@ -170,7 +172,7 @@ class BackgroundRun:
             self.owner,
             events=events,
             status=self.status,
-            final_record=record_json(response_json, self.input_json),
+            final_record=record_json(response_json, self.input_json, self.tool_session),
         )
 
     async def _finish_cancelled(self) -> None:
@@ -203,16 +205,19 @@ class BackgroundResponses:
         frames: AsyncIterator[bytes],
         *,
         stream: bool,
+        tool_session: str | None = None,
     ) -> dict[str, Any]:
         """Store the response `queued` and run it; the queued response."""
         response["background"] = True
         response["status"] = "queued"
-        run = BackgroundRun(self.runs, self.owner, response, input_items, stream=stream)
+        run = BackgroundRun(
+            self.runs, self.owner, response, input_items, stream=stream, tool_session=tool_session
+        )
         queued = run.snapshot()
         try:
             await self.runs.begin(
                 run.response_id,
-                record_json(json.dumps(queued, ensure_ascii=False), run.input_json),
+                record_json(json.dumps(queued, ensure_ascii=False), run.input_json, tool_session),
                 key_id=key_id,
                 owner=self.owner,
                 stream=stream,

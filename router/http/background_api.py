@@ -67,10 +67,14 @@ async def start_background(
     frames: AsyncIterator[bytes],
     *,
     stream: bool,
+    tool_session: str | None = None,
 ) -> Response:
-    """Answer a `background: true` create: the queued response, or its event stream."""
+    """Answer a `background: true` create: the queued response, or its event stream.
+    `tool_session`: the built-in tools' session, kept in the record for a follow-up."""
     manager = background_of(request)
-    queued = await manager.start(caller.key.key_id, response, input_items, frames, stream=stream)
+    queued = await manager.start(
+        caller.key.key_id, response, input_items, frames, stream=stream, tool_session=tool_session
+    )
     if stream:
         frames = tail(manager.runs, manager.tails, store, queued["id"], after=-1)
         return await streaming_response(frames)
@@ -203,7 +207,9 @@ async def settle_abandoned(
             )
         events.append(StoredEvent.end(last + 1 + len(events)))
     record_text = record_json(
-        json.dumps(final, ensure_ascii=False), json.dumps(record["input"], ensure_ascii=False)
+        json.dumps(final, ensure_ascii=False),
+        json.dumps(record["input"], ensure_ascii=False),
+        record.get("tool_session"),
     )
     await runs.abandon(response_id, record_text, status, last, events)
 

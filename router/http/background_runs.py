@@ -179,9 +179,10 @@ def sequence_of(entry: bytes | str) -> int:
     return int(text.split("-", 1)[1]) - 1
 
 
-def record_json(response_json: str, input_json: str) -> str:
+def record_json(response_json: str, input_json: str, tool_session: str | None = None) -> str:
     """The stored record (`ResponseStore`'s format) from already encoded parts."""
-    return f'{{"response":{response_json},"input":{input_json}}}'
+    session = "" if tool_session is None else f',"tool_session":{json.dumps(tool_session)}'
+    return f'{{"response":{response_json},"input":{input_json}{session}}}'
 
 
 class BackgroundRuns:

@@ -29,8 +29,18 @@ class ResponseStore:
         self.ttl_s = ttl_s
         self._save = redis.register_script(_SAVE_UNLESS_BACKGROUND)
 
-    async def save(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
-        record = json.dumps({"response": response, "input": input_items}, ensure_ascii=False)
+    async def save(
+        self,
+        response: dict[str, Any],
+        input_items: list[dict[str, Any]],
+        *,
+        tool_session: str | None = None,
+    ) -> None:
+        """`tool_session`: the built-in tools' session a follow-up in the chain continues."""
+        fields: dict[str, Any] = {"response": response, "input": input_items}
+        if tool_session is not None:
+            fields["tool_session"] = tool_session
+        record = json.dumps(fields, ensure_ascii=False)
         response_id = response["id"]
         await self._save(
             keys=[self._keys.response(response_id), self._keys.response_run(response_id)],
@@ -38,7 +48,8 @@ class ResponseStore:
         )
 
     async def load(self, response_id: str) -> dict[str, Any] | None:
-        """{"response": ..., "input": [...]} or None when unknown or expired."""
+        """{"response": ..., "input": [...], "tool_session"?: ...} or None when unknown or
+        expired."""
         raw = await self._redis.get(self._keys.response(response_id))
         return None if raw is None else json.loads(raw)
 

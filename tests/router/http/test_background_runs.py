@@ -31,13 +31,13 @@ def _event(kind: str, number: int) -> StoredEvent:
     return StoredEvent.of({"type": kind, "sequence_number": number, "delta": str(number)})
 
 
-async def _begin(runs: BackgroundRuns, response_id: str, owner: str = "router-a") -> None:
+async def _begin(runs: BackgroundRuns, response_id: str, tool_session: str | None = None) -> None:
     queued = json.dumps(_response(response_id))
     await runs.begin(
         response_id,
-        record_json(queued, "[]"),
+        record_json(queued, "[]", tool_session),
         key_id="key-1",
-        owner=owner,
+        owner="router-a",
         stream=True,
         events=[_event("response.created", 0), _event("response.queued", 1)],
     )
@@ -72,7 +72,7 @@ async def test_a_lapsed_lease_is_settled_failed_and_the_old_owner_is_refused(red
     keys = RedisKeys("t2")
     runs, store = BackgroundRuns(redis, keys, TTL_S), ResponseStore(redis, keys, TTL_S)
     runs.lease_s = 0.2
-    await _begin(runs, "resp_2")
+    await _begin(runs, "resp_2", tool_session="python-session-1")
     state = await runs.state("resp_2")
     assert state is not None and not await runs.lapsed(state)
     await asyncio.sleep(0.3)
@@ -81,6 +81,7 @@ async def test_a_lapsed_lease_is_settled_failed_and_the_old_owner_is_refused(red
     record = await store.load("resp_2")
     assert record is not None and record["response"]["status"] == "failed"
     assert "lease" in record["response"]["error"]["message"]
+    assert record["tool_session"] == "python-session-1"  # a follow-up continues the chain
     assert await runs.write("resp_2", "router-a", status="in_progress") == "lost"
     await store.save(_response("resp_2", "completed"), [])  # a plain save leaves it alone
     frames = [f async for f in tail(runs, EventTails(runs), store, "resp_2", after=-1)]
