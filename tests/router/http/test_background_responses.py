@@ -153,6 +153,13 @@ def test_refusals_name_the_field(client):
     with pytest.raises(openai.BadRequestError) as not_streamed:
         list(client.responses.retrieve(polled_only.id, stream=True))
     assert not_streamed.value.body["param"] == "stream"
+    url = f"{client.base_url}responses/{polled_only.id}"
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    for query, field in (("stream=yes", "stream"), ("stream=true&starting_after=x", "starting_after"),
+                         ("stream=true&starting_after=-2", "starting_after")):  # fmt: skip
+        refused_query = httpx.get(f"{url}?{query}", headers=headers)
+        assert refused_query.status_code == 400
+        assert refused_query.json()["error"]["param"] == field
     done = _poll(client, polled_only.id, TERMINAL, 60)
     assert client.responses.cancel(polled_only.id).model_dump() == done.model_dump()
     with pytest.raises(openai.NotFoundError):
