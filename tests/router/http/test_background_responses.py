@@ -10,7 +10,9 @@ import time
 
 import httpx
 import openai
+import pydantic
 import pytest
+from openai.types.responses import ResponseStreamEvent
 
 from oss_serve.router.http.background_runs import LEASE_S
 from tests.router.auth.helpers import add_key
@@ -20,6 +22,7 @@ from tests.router.stack import http_url, start_router
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 LONG = 900  # tokens: ~10 s of decoding on the tiny CPU model, far longer than the checks
 TERMINAL = ("completed", "incomplete", "failed", "cancelled")
+STREAM_EVENT = pydantic.TypeAdapter(ResponseStreamEvent)  # the client's own event types
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +42,36 @@ def other(routers):
     return openai.OpenAI(base_url=routers[1].base_url, api_key=API_KEY, max_retries=0)
 
 
-def _poll(client: openai.OpenAI, response_id: str, until: tuple[str, ...], timeout_s: float):
+def _poll(
+    client: openai.OpenAI,
+    response_id: str,
+    until: tuple[str, ...],
+    timeout_s: float,
+    *,
+    with_output: bool = False,
+):
     deadline = time.monotonic() + timeout_s
     while True:
         response = client.responses.retrieve(response_id)
-        if response.status in until:
+        if response.status in until and (response.output or not with_output):
             return response
         assert time.monotonic() < deadline, response.status
         time.sleep(0.05)
+
+
+def _text(response) -> str:
+    """All the text of a response's items so far (reasoning and message alike)."""
+    parts = [part for item in response.output for part in getattr(item, "content", None) or ()]
+    return "".join(getattr(part, "text", "") for part in parts)
+
+
+def _strictly_parsed(event: object) -> str:
+    """The type an event validates as in the client's own models, usage left aside (the
+    newest SDK wants `cache_write_tokens`, which oss-serve's usage does not report)."""
+    data = event.to_dict()  # type: ignore[attr-defined]
+    if isinstance(data.get("response"), dict):
+        data["response"].pop("usage", None)
+    return str(STREAM_EVENT.validate_python(data).type)
 
 
 def _wait_idle(stack, timeout_s: float = 15.0) -> dict[str, str]:
@@ -80,10 +105,11 @@ def test_cancel_through_another_router_stops_the_generation(stack, client, other
         max_output_tokens=LONG,
         extra_body={"ignore_eos": True},
     )
-    _poll(other, created.id, ("in_progress",), 30)
+    running = _poll(other, created.id, ("in_progress",), 30, with_output=True)  # output so far
     started_s = time.monotonic()
     cancelled = other.responses.cancel(created.id)  # another router than the one running it
     assert cancelled.status == "cancelled" and cancelled.background is True
+    assert _text(cancelled).startswith(_text(running)) and cancelled.output
     _wait_idle(stack)  # the replica stopped it and freed its KV blocks
     assert time.monotonic() - started_s < 5.0  # the rest of 900 tokens would take far longer
     again = client.responses.retrieve(created.id)
@@ -112,6 +138,8 @@ def test_stream_resumes_after_a_sequence_number_on_another_router(client, other)
     assert rest[-1].response.usage.output_tokens == 24
     everything = list(client.responses.retrieve(response_id, stream=True))
     assert [e.model_dump() for e in everything] == [e.model_dump() for e in first + rest]
+    for event in everything:  # each one validates strictly as the event type it names
+        assert _strictly_parsed(event) == event.type
     assert everything[2].type == "response.in_progress"
     assert everything[2].response.status == "in_progress"
     text = "".join(e.delta for e in everything if e.type == "response.output_text.delta")
