@@ -98,12 +98,7 @@ class BackgroundApi:
         run = await self._run_of(caller, response_id)
         if stream:
             return await self._resume(response_id, run, after)
-        if run is not None and run.running:
-            if await self.runs.lapsed(run):
-                return JSONResponse(await self._settle(response_id, run))
-            if run.response is not None:
-                return JSONResponse(run.response)
-        return JSONResponse(await self._stored(response_id))
+        return JSONResponse(await self._latest(response_id, run))
 
     async def cancel(self, request: Request) -> Response:
         caller = await self.ctx.authenticate(request)
@@ -117,8 +112,8 @@ class BackgroundApi:
             )
         if run.running and await self.runs.request_cancel(response_id):
             self.manager.cancel_here(response_id)
-            await self._until_ended(response_id)
-        return JSONResponse(await self._stored(response_id))
+            run = await self._until_ended(response_id)
+        return JSONResponse(await self._latest(response_id, run))
 
     async def delete(self, request: Request) -> Response:
         caller = await self.ctx.authenticate(request)
@@ -169,20 +164,26 @@ class BackgroundApi:
         frames = tail(self.runs, self.manager.tails, self.store, response_id, after)
         return await streaming_response(frames)
 
-    async def _settle(self, response_id: str, run: RunState) -> dict[str, Any]:
-        await settle_abandoned(self.runs, self.store, response_id, run)
-        return await self._stored(response_id)
-
-    async def _until_ended(self, response_id: str) -> None:
-        """Wait until the run's owner has stopped it (or settle it if the owner is gone)."""
-        deadline = asyncio.get_running_loop().time() + 2 * self.runs.lease_s
-        while asyncio.get_running_loop().time() < deadline:
-            run = await self.runs.state(response_id)
-            if run is None or not run.running:
-                return
+    async def _latest(self, response_id: str, run: RunState | None) -> dict[str, Any]:
+        """The response as it stands: the output so far while it runs, settled first when
+        its router is gone."""
+        if run is not None and run.running:
             if await self.runs.lapsed(run):
                 await settle_abandoned(self.runs, self.store, response_id, run)
-                return
+            elif run.response is not None:
+                return run.response
+        return await self._stored(response_id)
+
+    async def _until_ended(self, response_id: str) -> RunState | None:
+        """Wait until the run's owner has stopped it, or its lease lapsed (its router is
+        gone), for at most twice the lease; the run as it then is."""
+        deadline = asyncio.get_running_loop().time() + 2 * self.runs.lease_s
+        while True:
+            run = await self.runs.state(response_id)
+            if run is None or not run.running or await self.runs.lapsed(run):
+                return run
+            if asyncio.get_running_loop().time() > deadline:
+                return run
             await asyncio.sleep(CANCEL_POLL_S)
 
 

@@ -115,3 +115,18 @@ async def test_many_streams_are_followed_through_one_connection(redis):
         await runs.write(response_id, "router-a", events=end, status="completed", final_record=done)
     results = await asyncio.wait_for(asyncio.gather(*readers), 20)
     assert results == [list(range(1, 9))] * len(ids)
+
+
+async def test_a_cancel_whose_router_is_gone_settles_it_cancelled(redis):
+    keys = RedisKeys("t4")
+    runs, store = BackgroundRuns(redis, keys, TTL_S), ResponseStore(redis, keys, TTL_S)
+    runs.lease_s = 0.2
+    await _begin(runs, "resp_4")
+    assert await runs.request_cancel("resp_4")
+    await asyncio.sleep(0.3)
+    state = await runs.state("resp_4")
+    assert state is not None and state.cancel_requested and await runs.lapsed(state)
+    await settle_abandoned(runs, store, "resp_4", state)
+    assert (await store.load("resp_4"))["response"]["status"] == "cancelled"  # type: ignore[index]
+    frames = [f async for f in tail(runs, EventTails(runs), store, "resp_4", after=1)]
+    assert frames == []  # nothing after `response.queued`: the stream just ends
