@@ -14,6 +14,11 @@ several deployments can share one Redis. Layout:
 - `{ns}:ratelimit:{key_id}:{unit}:{window}`  counter with TTL
 - `{ns}:usage:{key_id}`            hash: token/request accounting
 - `{ns}:response:{response_id}`    string: stored Responses API object (TTL)
+- `{ns}:response-run:{response_id}`  hash: a background response's run: status, the API key
+                                   id that created it, its router (owner) and lease, cancel (TTL)
+- `{ns}:response-events:{response_id}`  stream: a streamed background response's events, entry
+                                   id 0-(sequence_number + 1), then an end marker (TTL)
+- `{ns}:response-cancels`          pub/sub channel: ids of background responses to cancel
 - `{ns}:session:{session_key}`     string: replica id a sticky session is routed to (TTL)
 - `{ns}:lora-adapters`             hash: LoRA adapter name -> JSON load/unload order (routers
                                    write it, replicas with --enable-lora follow it)
@@ -75,6 +80,16 @@ class RedisKeys:
 
     def response(self, response_id: str) -> str:
         return f"{self.namespace}:response:{response_id}"
+
+    def response_run(self, response_id: str) -> str:
+        return f"{self.namespace}:response-run:{response_id}"
+
+    def response_events(self, response_id: str) -> str:
+        return f"{self.namespace}:response-events:{response_id}"
+
+    @property
+    def response_cancels(self) -> str:
+        return f"{self.namespace}:response-cancels"
 
     def session(self, session_key: str) -> str:
         return f"{self.namespace}:session:{session_key}"

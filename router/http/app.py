@@ -14,13 +14,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from oss_serve.router.http.background import BackgroundResponses
+from oss_serve.router.http.background_api import BackgroundApi
+from oss_serve.router.http.background_runs import BackgroundRuns
 from oss_serve.router.http.chat_api import create_chat_completion
 from oss_serve.router.http.completions_api import create_completion
 from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.errors import ApiError, install_error_handlers
 from oss_serve.router.http.lora_api import load_lora_adapter, unload_lora_adapter
 from oss_serve.router.http.response_store import ResponseStore
-from oss_serve.router.http.responses_api import create_response, delete_response, get_response
+from oss_serve.router.http.responses_api import create_response
 from oss_serve.router.http.streaming import ClientGone
 from oss_serve.router.metrics import CONTENT_TYPE
 
@@ -31,7 +34,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(title="oss-serve", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
     store = ResponseStore(ctx.redis, ctx.keys, ctx.response_ttl_s)
+    background = BackgroundResponses(
+        BackgroundRuns(ctx.redis, ctx.keys, ctx.response_ttl_s), ctx.pipeline.config.router_id
+    )
+    stored_responses = BackgroundApi(ctx, store, background)
     app.state.api = ctx
+    app.state.background = background
 
     async def client_gone(request: Request, exc: Exception) -> Response:
         return Response(status_code=499)  # nobody is listening any more
@@ -46,12 +54,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     async def responses(request: Request) -> Response:
         return await create_response(request, ctx, store)
-
-    async def response_get(request: Request) -> Response:
-        return await get_response(request, ctx, store)
-
-    async def response_delete(request: Request) -> Response:
-        return await delete_response(request, ctx, store)
 
     async def models(request: Request) -> Response:
         await ctx.authenticate(request)
@@ -91,8 +93,9 @@ def create_app(ctx: ApiContext) -> FastAPI:
         ("/v1/chat/completions", chat, ["POST"]),
         ("/v1/completions", completions, ["POST"]),
         ("/v1/responses", responses, ["POST"]),
-        ("/v1/responses/{response_id}", response_get, ["GET"]),
-        ("/v1/responses/{response_id}", response_delete, ["DELETE"]),
+        ("/v1/responses/{response_id}", stored_responses.get, ["GET"]),
+        ("/v1/responses/{response_id}", stored_responses.delete, ["DELETE"]),
+        ("/v1/responses/{response_id}/cancel", stored_responses.cancel, ["POST"]),
         ("/v1/models", models, ["GET"]),
         ("/v1/models/{model_id:path}", model, ["GET"]),
         ("/v1/load_lora_adapter", load_lora, ["POST"]),

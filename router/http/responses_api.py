@@ -1,7 +1,7 @@
-"""POST /v1/responses (and GET/DELETE of stored ones): Responses input items through
-harmony and the shared pipeline (in the server-side tool loop), output items `reasoning`,
-`message`, `function_call` and the server-side calls' (`tool_items.py`), non-streamed or
-as the Responses streaming events."""
+"""POST /v1/responses (background ones: background_api.py): Responses input items
+through harmony and the shared pipeline (in the server-side tool loop), output items
+`reasoning`, `message`, `function_call` and the server-side calls' (`tool_items.py`),
+non-streamed or as the Responses streaming events."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from oss_serve.protos import inference_pb2
 from oss_serve.router.chat import ChatChunk, harmony_plan
 from oss_serve.router.gate import Caller
 from oss_serve.router.http import tool_items
+from oss_serve.router.http.background_api import check_background, start_background
 from oss_serve.router.http.chat_api import options_of
 from oss_serve.router.http.context import ApiContext
 from oss_serve.router.http.errors import ApiError, invalid
@@ -263,8 +264,7 @@ async def create_response(request: Request, ctx: ApiContext, store: ResponseStor
     caller = await ctx.authenticate(request)
     body = await read_json(request, ctx.max_body_bytes)
     req = parse_body(ResponsesRequest, body)
-    if req.background:
-        raise invalid("background responses are not supported", "background")
+    check_background(req)
     items, tool_session = await _input_items(req, store)
     ctx.pipeline.limits.check_counts(messages=len(items), tools=len(req.tools or ()))
     try:
@@ -276,6 +276,11 @@ async def create_response(request: Request, ctx: ApiContext, store: ResponseStor
         run = _Run(req, _response_json(req, new_id("resp_"), "in_progress"), items, store)
         run.bind_tools(tools, ctx)
         stream = _loop(ctx, caller, req, body, items, tools).run()
+        if req.background:
+            return await start_background(
+                request, caller, store, run.response, items, run.events(stream),
+                stream=req.stream, tool_session=tools.session,
+            )
     except BaseException:
         await tools.aclose()
         raise
@@ -317,24 +322,6 @@ def _loop(
     return ToolLoop(
         ctx.pipeline, caller, plan, options_of(req), tools, max_tool_calls=max_tool_calls
     )
-
-
-async def get_response(request: Request, ctx: ApiContext, store: ResponseStore) -> Response:
-    await ctx.authenticate(request)
-    record = await store.load(request.path_params["response_id"])
-    if record is None:
-        raise ApiError(
-            404, "no stored response with that id (expired or never stored)", param="response_id"
-        )
-    return JSONResponse(record["response"])
-
-
-async def delete_response(request: Request, ctx: ApiContext, store: ResponseStore) -> Response:
-    await ctx.authenticate(request)
-    response_id = request.path_params["response_id"]
-    if not await store.delete(response_id):
-        raise ApiError(404, "no stored response with that id", param="response_id")
-    return JSONResponse({"id": response_id, "object": "response", "deleted": True})
 
 
 async def _input_items(
