@@ -278,8 +278,14 @@ async def create_response(request: Request, ctx: ApiContext, store: ResponseStor
         stream = _loop(ctx, caller, req, body, items, tools).run()
         if req.background:
             return await start_background(
-                request, caller, store, run.response, items, run.events(stream),
-                stream=req.stream, tool_session=tools.session,
+                request,
+                caller,
+                store,
+                run.response,
+                items,
+                run.events(stream),
+                stream=req.stream,
+                tool_session=tools.session,
             )
     except BaseException:
         await tools.aclose()
