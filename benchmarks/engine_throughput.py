@@ -66,11 +66,12 @@ class Result:
         return self.output_tokens / self.seconds
 
 
-def write_checkpoint(folder: Path, seed: int) -> Any:
+def write_checkpoint(folder: Path, seed: int, config: dict[str, Any] | None = None) -> Any:
+    """A gpt-oss checkpoint with random fp32 weights, written by transformers (the model)."""
     from transformers import GptOssConfig, GptOssForCausalLM
 
     torch.manual_seed(seed)
-    model = GptOssForCausalLM(GptOssConfig(**SMALL_CONFIG)).float().eval()
+    model = GptOssForCausalLM(GptOssConfig(**(config or SMALL_CONFIG))).float().eval()
     model.save_pretrained(folder)
     return model
 
