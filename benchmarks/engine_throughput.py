@@ -76,10 +76,12 @@ def write_checkpoint(folder: Path, seed: int, config: dict[str, Any] | None = No
     return model
 
 
-def make_prompts(count: int, seed: int, min_len: int, max_len: int) -> list[list[int]]:
+def make_prompts(
+    count: int, seed: int, min_len: int, max_len: int, max_token_id: int = 199998
+) -> list[list[int]]:
     rng = random.Random(seed)
     return [
-        [rng.randrange(0, 199998) for _ in range(rng.randint(min_len, max_len))]
+        [rng.randrange(0, max_token_id) for _ in range(rng.randint(min_len, max_len))]
         for _ in range(count)
     ]
 

@@ -1,6 +1,6 @@
 """One engine's side of the vLLM side-by-side benchmark, run in its own process.
 
-Run by file path with the engine's own interpreter (vLLM lives in its own virtualenv, where
+Run by file path (`python -P`: this folder must not shadow packages named like its modules) with the engine's own interpreter (vLLM lives in its own virtualenv, where
 oss_serve is not installed), so this file imports only the standard library at the top and
 the engine inside `load_engine`. It loads the checkpoint, answers a 2-request warm-up (the
 first token of which marks the start-up time, counted from when the parent launched this

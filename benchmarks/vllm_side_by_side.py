@@ -43,17 +43,20 @@ TCMALLOC_PATHS = (
 )
 
 
-def build_workload(args: argparse.Namespace) -> dict[str, Any]:
-    """The warm-up prompts and one wave of `concurrency` prompts per level (seeded)."""
+def build_workload(args: argparse.Namespace, vocab_size: int) -> dict[str, Any]:
+    """The warm-up prompts and one wave of `concurrency` prompts per level (seeded), of
+    ordinary token ids (below the vocabulary's special tokens)."""
+    top = min(199998, vocab_size - 2)
     levels = [
         {
             "concurrency": c,
             "output_len": args.batch1_output_len if c == 1 else args.output_len,
-            "prompts": make_prompts(c, args.seed + c, *args.prompt_len),
+            "prompts": make_prompts(c, args.seed + c, *args.prompt_len, max_token_id=top),
         }
         for c in args.concurrency
     ]
-    return {"warmup_prompts": make_prompts(2, args.seed - 1, 16, 32), "levels": levels}
+    warmup = make_prompts(2, args.seed - 1, 16, 32, max_token_id=top)
+    return {"warmup_prompts": warmup, "levels": levels}
 
 
 def vllm_environment(vllm_python: str, threads_bind: str) -> dict[str, str]:
@@ -87,7 +90,7 @@ def run_side(
     with tempfile.NamedTemporaryFile(suffix=".json") as output:
         launched_at = time.time()
         command = [
-            python, str(WORKER), "--engine", engine, "--checkpoint", str(checkpoint),
+            python, "-P", str(WORKER), "--engine", engine, "--checkpoint", str(checkpoint),
             "--workload", str(workload), "--launched-at", repr(launched_at),
             "--output", output.name,
         ]  # fmt: skip
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = Path(tmp) / "checkpoint"
         write_checkpoint(checkpoint, args.seed, config)
         workload = Path(tmp) / "workload.json"
-        workload.write_text(json.dumps(build_workload(args)))
+        workload.write_text(json.dumps(build_workload(args, config["vocab_size"])))
         pairs = []
         for pair in range(args.pairs):
             order = args.engines if pair % 2 == 0 else list(reversed(args.engines))
