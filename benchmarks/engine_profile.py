@@ -35,7 +35,7 @@ def profile_wave(checkpoint: Path, concurrency: int, output_len: int, top: int) 
     prompts = [{"prompt_token_ids": p} for p in make_prompts(concurrency, concurrency, 16, 256)]
     llm.generate(prompts[:2], params.clone(max_tokens=4))
     core = llm.llm_engine
-    runner = core.executor.runner  # type: ignore[attr-defined]
+    runner = core.executor.runner
     stats_before, timings_before = core.stats(), asdict(runner.timings)
     load_before = os.getloadavg()
     cpu_before = time.process_time()

@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if any(tokens for _, tokens, _ in engine.step()) and first_token_at is None:
             first_token_at = time.time()
     warmup = run_wave(engine, warmup_prompts, WARMUP_TOKENS, "warmup")
+    warmup_s = time.perf_counter() - warmup_started
     waves = [
         run_wave(engine, level["prompts"], level["output_len"], f"c{level['concurrency']}")
         for level in workload["levels"]
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pid": os.getpid(),
         "load_s": loaded_at - args.launched_at,
         "startup_to_first_token_s": (first_token_at or time.time()) - args.launched_at,
-        "warmup_s": time.perf_counter() - warmup_started,
+        "warmup_s": warmup_s,
         "warmup_tokens": warmup.token_ids,
         "waves": [wave.summary() for wave in waves],
         "process_cpu_s": cpu_seconds(),

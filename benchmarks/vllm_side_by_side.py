@@ -47,11 +47,12 @@ def build_workload(args: argparse.Namespace, vocab_size: int) -> dict[str, Any]:
     """The warm-up prompts and one wave of `concurrency` prompts per level (seeded), of
     ordinary token ids (below the vocabulary's special tokens)."""
     top = min(199998, vocab_size - 2)
+    min_len, max_len = args.prompt_len
     levels = [
         {
             "concurrency": c,
             "output_len": args.batch1_output_len if c == 1 else args.output_len,
-            "prompts": make_prompts(c, args.seed + c, *args.prompt_len, max_token_id=top),
+            "prompts": make_prompts(c, args.seed + c, min_len, max_len, max_token_id=top),
         }
         for c in args.concurrency
     ]

@@ -23,6 +23,7 @@ from oss_serve.workers.engine.scheduler_output import (
     TokenLogprobs,
 )
 from oss_serve.workers.lora.runtime import LoRARuntime
+from oss_serve.workers.runner.cpu_threads import CpuThreadPolicy
 from oss_serve.workers.runner.cuda_graphs import (
     DecodeGraphs,
     is_decode_batch,
@@ -66,6 +67,7 @@ class ModelRunner:
         device: torch.device | str,
         padding: DecodePadding | None = None,
         lora: LoRARuntime | None = None,
+        cpu_threads: int = 0,
     ) -> None:
         self.model = model
         self.lora = lora  # adapter slots and their host cache, when serving LoRA adapters
@@ -79,6 +81,8 @@ class ModelRunner:
         self.padding = padding
         self.graphs: DecodeGraphs | None = None
         self._projection: VocabProjection | None = None
+        is_cpu = self.device.type == "cpu"
+        self.cpu_threads = CpuThreadPolicy(cpu_threads) if is_cpu else None
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One tensor per layer rank-in-group; layer j of each group shares tensor j."""
@@ -107,6 +111,8 @@ class ModelRunner:
         self.states.update(scheduled)
         if scheduled.is_empty:
             return ModelRunnerOutput()
+        if self.cpu_threads is not None:
+            self.cpu_threads.apply()
         started = time.perf_counter()
         inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
         if self.lora is not None:
