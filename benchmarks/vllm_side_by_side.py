@@ -139,6 +139,22 @@ def drop_tokens(side: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in side.items() if k != "warmup_tokens"}, "waves": waves}
 
 
+def write_results(
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    environments: dict[str, dict[str, str]],
+    pairs: list[dict[str, Any]],
+) -> None:
+    results = {
+        "checkpoint_config": config,
+        "settings": {k: v for k, v in vars(args).items() if k != "output_dir"},
+        "environments": environments,
+        "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+        "pairs": pairs,
+    }
+    (args.output_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--vllm-python", default=".venv-vllm/bin/python")
@@ -188,14 +204,7 @@ def main(argv: list[str] | None = None) -> None:
                     "greedy_agreement": agreement,
                 }
             )
-    results = {
-        "checkpoint_config": config,
-        "settings": {k: v for k, v in vars(args).items() if k != "output_dir"},
-        "environments": environments,
-        "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
-        "pairs": pairs,
-    }
-    (args.output_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+            write_results(args, config, environments, pairs)  # each pair kept as it ends
     print(f"wrote {args.output_dir / 'results.json'}")
 
 
