@@ -48,7 +48,8 @@ class Wave:
     output_tokens: int
     ttft_s: list[float]
     token_ids: list[list[int]]
-    cpu_s: float  # this process's user + system CPU seconds during the wave
+    cpu_s: float  # this process's user + system CPU seconds during the wave (not its
+    # children's: vLLM's engine core runs in a child process and is not counted here)
     loadavg_before: list[float]
     loadavg_after: list[float]
     steps: int = 0

@@ -65,8 +65,9 @@ def vllm_environment(vllm_python: str, threads_bind: str) -> dict[str, str]:
     libiomp5 that its torch build ships preloaded (as vLLM's CPU install guide says)."""
     env = {"VLLM_CPU_OMP_THREADS_BIND": threads_bind, "VLLM_CPU_KVCACHE_SPACE": "4"}
     preload = [p for p in TCMALLOC_PATHS if Path(p).exists()][:1]
-    venv = Path(vllm_python).parent.parent
-    preload += [str(p) for p in sorted(venv.glob("lib/python3*/site-packages/**/libiomp5.so"))][:1]
+    venv = Path(vllm_python).absolute().parent.parent
+    iomp = [*venv.glob("lib/libiomp5.so"), *venv.glob("lib/python3*/site-packages/**/libiomp5.so")]
+    preload += [str(p) for p in iomp][:1]  # intel-openmp installs it into the venv's lib/
     if preload:
         env["LD_PRELOAD"] = ":".join(preload)
     return env
