@@ -96,6 +96,7 @@ def table(results: dict[str, Any], source: str) -> str:
         for wave in side["waves"]
     ]
     config = results["checkpoint_config"]
+    vllm_env = ", ".join(f"`{k}={v}`" for k, v in results["environments"]["vllm"].items())
     lines += [
         "",
         f"Start-up, process launch to the first token: oss-serve {startup['oss-serve']} s, "
@@ -107,7 +108,7 @@ def table(results: dict[str, Any], source: str) -> str:
         f"{config['num_local_experts']} experts top-{config['num_experts_per_tok']}, "
         f"vocabulary {config['vocab_size']:,}, random fp32 weights; prompts of "
         f"{results['settings']['prompt_len'][0]}-{results['settings']['prompt_len'][1]} "
-        f"tokens, greedy, `ignore_eos`. vLLM: `{results['environments']['vllm']}`. "
+        f"tokens, greedy, `ignore_eos`. vLLM's environment: {vllm_env}. "
         f"Source: `{source}`.",
     ]
     return "\n".join(lines) + "\n"
