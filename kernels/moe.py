@@ -183,10 +183,11 @@ def _grouped_linear(
     out = rows.new_empty(rows.shape[0], bias.shape[1])
     start = 0
     for expert, count in enumerate(counts):
-        if count:
-            out[start : start + count] = torch.nn.functional.linear(
-                rows[start : start + count], _expert_weight(weight, scales, expert, rows.dtype),
-                bias[expert],
+        if count:  # written in place: bias + rows @ weight.T, no temporary per expert
+            expert_weight = _expert_weight(weight, scales, expert, rows.dtype)
+            torch.addmm(
+                bias[expert].to(rows.dtype), rows[start : start + count], expert_weight.t(),
+                out=out[start : start + count],
             )  # fmt: skip
             start += count
     return out

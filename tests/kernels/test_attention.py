@@ -10,6 +10,7 @@ import torch
 from oss_serve.kernels.attention import (
     paged_attention,
     paged_attention_ref,
+    paged_attention_torch,
     paged_decode_torch,
     store_kv,
     varlen_attention,
@@ -156,6 +157,24 @@ def test_the_torch_decode_path_equals_the_reference(dtype):
         # both accumulate in fp32; fp16 outputs may then round one fp16 ulp apart (2^-10)
         rtol = 1e-5 if dtype == torch.float32 else 2e-3
         torch.testing.assert_close(fast, expected, atol=1e-6, rtol=rtol)
+
+
+def test_a_mixed_batch_runs_its_decodes_together_with_the_reference_result():
+    torch.manual_seed(12)
+    seq_lens, q_lens = [37, 1, 16, 17, 60, 5], [1, 1, 5, 1, 12, 1]
+    k, v = torch.randn(6, 60, 2, 16), torch.randn(6, 60, 2, 16)
+    cache, table = _paged_cache(k, v, seq_lens, block_size=8, seed=6)  # NaN outside the keys
+    q = torch.randn(sum(q_lens), 8, 16)
+    sinks = torch.randn(8)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    starts = torch.zeros(7, dtype=torch.int32)
+    starts[1:] = torch.cumsum(torch.tensor(q_lens), 0)
+    for window in (None, 1, 9):
+        kwargs = {"sm_scale": SCALE, "sliding_window": window, "max_query_len": 12}
+        expected = paged_attention_ref(q, cache, table, lens, starts, sinks, **kwargs)
+        mixed = paged_attention_torch(q, cache, table, lens, starts, sinks, **kwargs)
+        assert mixed.isfinite().all()
+        torch.testing.assert_close(mixed, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_store_kv_skips_slots_marked_minus_one():

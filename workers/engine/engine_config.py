@@ -44,6 +44,7 @@ class EngineConfig:
     cuda_graph_sizes: list[int] | None = None  # decode batch sizes to capture (None: vLLM's)
     # pad decode batches to the capture sizes even without graphs (tests of the padding)
     pad_decode_batches: bool = False
+    cpu_threads: int = 0  # CPU forward threads; 0: the cores other processes leave idle
     # LoRA adapters, vLLM's names: many adapters on this one model, chosen per request
     enable_lora: bool = False
     max_loras: int = 1  # adapters in device slots = distinct adapters in one step at most
@@ -69,6 +70,10 @@ class EngineConfig:
             )
         if self.lora_modules and not self.enable_lora:
             raise ValueError("lora_modules need enable_lora=True")
+        if self.cpu_threads < 0:
+            raise ValueError(
+                f"cpu_threads must be >= 0 (0: adapt to the load), got {self.cpu_threads}"
+            )
 
     @property
     def cpu_loras(self) -> int:

@@ -160,7 +160,9 @@ class LocalExecutor:
                 max_cpu_loras=config.cpu_loras,
             )
         padding = decode_padding(config, self.device, model.config)
-        self.runner = ModelRunner(self.model, self._spec, self.device, padding, lora)
+        self.runner = ModelRunner(
+            self.model, self._spec, self.device, padding, lora, cpu_threads=config.cpu_threads
+        )
         self._steps: ThreadPoolExecutor | None = None  # the runner's thread (async scheduling)
 
     def kv_cache_spec(self) -> KVCacheSpec:

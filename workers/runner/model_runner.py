@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from oss_serve.kernels.vocab_projection import VocabProjection
 from oss_serve.workers.engine.kv_cache_spec import KVCacheSpec
 from oss_serve.workers.engine.scheduler_output import (
     ModelRunnerOutput,
@@ -22,6 +23,7 @@ from oss_serve.workers.engine.scheduler_output import (
     TokenLogprobs,
 )
 from oss_serve.workers.lora.runtime import LoRARuntime
+from oss_serve.workers.runner.cpu_threads import CpuThreadPolicy
 from oss_serve.workers.runner.cuda_graphs import (
     DecodeGraphs,
     is_decode_batch,
@@ -65,6 +67,7 @@ class ModelRunner:
         device: torch.device | str,
         padding: DecodePadding | None = None,
         lora: LoRARuntime | None = None,
+        cpu_threads: int = 0,
     ) -> None:
         self.model = model
         self.lora = lora  # adapter slots and their host cache, when serving LoRA adapters
@@ -77,6 +80,9 @@ class ModelRunner:
         self.timings = RunnerTimings()
         self.padding = padding
         self.graphs: DecodeGraphs | None = None
+        self._projection: VocabProjection | None = None
+        is_cpu = self.device.type == "cpu"
+        self.cpu_threads = CpuThreadPolicy(cpu_threads) if is_cpu else None
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One tensor per layer rank-in-group; layer j of each group shares tensor j."""
@@ -105,6 +111,8 @@ class ModelRunner:
         self.states.update(scheduled)
         if scheduled.is_empty:
             return ModelRunnerOutput()
+        if self.cpu_threads is not None:
+            self.cpu_threads.apply()
         started = time.perf_counter()
         inputs = prepare_inputs(scheduled, self.states.states, self.spec, self.device)
         if self.lora is not None:
@@ -145,31 +153,59 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, inputs.meta, self.kv_caches)
 
     def _sample(self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput) -> None:
+        """Greedy rows that want nothing but their token take the chunked argmax (on the CPU:
+        no [rows, vocab] logits); the others go through the sampler on full logits."""
         if not inputs.sample_rows:
             return
-        rows = torch.tensor(inputs.sample_rows, device=hidden.device)
-        logits = self._sampling_logits(hidden[rows])
+        hidden = hidden[torch.tensor(inputs.sample_rows, device=hidden.device)]
         states = [self.states[r] for r in inputs.sample_request_ids]
-        result = self.sampler(logits, [_sampling_row(s) for s in states])
+        rows = [_sampling_row(s) for s in states]
+        token_ids: list[int] = [0] * len(rows)
+        logprobs: list[TokenLogprobs | None] = [None] * len(rows)
+        projection = self._vocab_projection()
+        argmax_only = [i for i, row in enumerate(rows) if row.needs_only_argmax]
+        if projection is None:
+            argmax_only = []
+        elif argmax_only:
+            chosen = projection.argmax(_select(hidden, argmax_only)).tolist()
+            for i, token_id in zip(argmax_only, chosen, strict=True):
+                token_ids[i] = token_id
+        sampled = [i for i in range(len(rows)) if i not in set(argmax_only)]
+        if sampled:
+            logits = self._sampling_logits(_select(hidden, sampled))
+            result = self.sampler(logits, [rows[i] for i in sampled])
+            for i, token_id, entry in zip(sampled, result.token_ids, result.logprobs, strict=True):
+                token_ids[i], logprobs[i] = token_id, entry
         batch_index = {r: i for i, r in enumerate(inputs.request_ids)}
-        for state, token_id, logprobs in zip(
-            states, result.token_ids, result.logprobs, strict=True
-        ):
+        for state, token_id, entry in zip(states, token_ids, logprobs, strict=True):
             state.token_ids.append(token_id)
             for processor in state.processors:
                 processor.accept_token(token_id)
             row = batch_index[state.request_id]
             output.sampled_token_ids[row] = [token_id]
-            output.logprobs[row] = logprobs
+            output.logprobs[row] = entry
+
+    def _vocab_projection(self) -> VocabProjection | None:
+        """The chunked output projection on a CPU model that holds the whole vocabulary (built
+        on first use, rebuilt when the weight changed); None elsewhere (full logits)."""
+        model = self.model
+        if self.device.type != "cpu" or model.parallel.tp_size != 1:
+            return None
+        if self._projection is None:
+            self._projection = VocabProjection(model.lm_head.weight, model.config.vocab_size)
+        elif self._projection.is_stale():
+            self._projection.refresh()
+        return self._projection
 
     def _sampling_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits where the model runs (the sampler runs there too); on the CPU written
         into a buffer kept across steps (the sampler edits them in place, keeps no reference)."""
-        if self.device.type != "cpu":
+        projection = self._vocab_projection()
+        if projection is None:
             return self.model.compute_logits(hidden).float()
         vocab = int(self.model.config.vocab_size)
         buffer = self.workspace.take("logits", hidden.shape[0], vocab, torch.float32, self.device)
-        return self.model.compute_logits(hidden, out=buffer).float()
+        return projection.logits(hidden, out=buffer)
 
     def _prompt_logprobs(
         self, hidden: torch.Tensor, inputs: ModelInputs, output: ModelRunnerOutput
@@ -188,6 +224,13 @@ class ModelRunner:
             output.prompt_logprobs[span.request_id] = PromptLogprobsChunk(
                 span.start_position, entries
             )
+
+
+def _select(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """tensor[rows]: the tensor itself when that is every row in order."""
+    if rows == list(range(tensor.shape[0])):
+        return tensor
+    return tensor[torch.tensor(rows, device=tensor.device)]
 
 
 def _sampling_row(state: CachedRequestState) -> SamplingRow:

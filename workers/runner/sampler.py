@@ -68,6 +68,19 @@ class SamplingRow:
     def masks_stop_tokens(self) -> bool:
         return self.num_output_tokens < self.params.min_tokens
 
+    @property
+    def needs_only_argmax(self) -> bool:
+        """Greedy with nothing that reads or edits the logits: the token is their argmax."""
+        p = self.params
+        return (
+            p.is_greedy
+            and p.logprobs is None
+            and not p.logit_bias
+            and not self.processors
+            and not self.needs_penalties
+            and not self.masks_stop_tokens
+        )
+
 
 @dataclass
 class SamplerOutput:

@@ -48,3 +48,23 @@ def test_an_mxfp4_checkpoint_runs_with_dense_experts_on_cpu_and_the_same_logits(
         )
         assert model.experts_format == ("dense" if experts_format == "auto" else "mxfp4")
     assert torch.equal(logits["auto"], logits["mxfp4"])
+
+
+def test_greedy_rows_take_the_chunked_argmax_and_get_the_samplers_tokens(tmp_path):
+    """Rows that want only their token skip the full logits; with logprobs asked for, the
+    same requests go through the sampler: the tokens must be the same, batch mates mixed."""
+    from oss_serve.workers.engine.llm import LLM
+    from oss_serve.workers.engine.sampling_params import SamplingParams
+
+    model = init_random_weights(GptOss(SMALL, dtype=torch.float32), seed=7, std=0.2)
+    save_checkpoint(model, SMALL, tmp_path, "hf")
+    prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in (5, 17, 40, 9)]
+    plain = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, detokenize=False)
+    with LLM(str(tmp_path), dtype="float32", device="cpu", skip_tokenizer_init=True) as llm:
+        runner = llm.llm_engine.executor.runner  # type: ignore[attr-defined]
+        argmax_only = [o.outputs[0].token_ids for o in llm.generate(prompts, plain)]
+        assert runner._projection is not None  # the chunked path ran
+        mixed = [plain.clone(logprobs=1) if i % 2 else plain for i in range(len(prompts))]
+        outputs = llm.generate(prompts, mixed)
+    assert [o.outputs[0].token_ids for o in outputs] == argmax_only
+    assert outputs[1].outputs[0].logprobs and not outputs[0].outputs[0].logprobs
