@@ -91,7 +91,7 @@ def test_a_docs_question_goes_to_browser_search_and_the_answer_cites_the_display
     cases = [
         (DOCS_FACTS[0].questions[0], DOCS_FACTS[0], "8000"),
         (DOCS_FACTS[4].questions[1], DOCS_FACTS[4], "0.5 seconds"),
-        (DOCS_FACTS[2].questions[0], DOCS_FACTS[2], "oss-serve-demo"),
+        (DOCS_FACTS[2].questions[1], DOCS_FACTS[2], "oss-serve-demo"),
     ]
     prompts = [_prompt(question, tools) for question, _, _ in cases]
     continuations, displays = [], []

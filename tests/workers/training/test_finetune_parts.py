@@ -162,9 +162,11 @@ def test_a_packed_batch_targets_exactly_each_sequences_assistant_tokens():
 def test_held_out_split_keeps_each_conversation_on_one_side():
     rendered = render_conversations(generate_corpus(40, seed=9))
     train, held = split_held_out(rendered, 0.25, seed=0)
-    by_prompt = {seq.token_ids[:40]: i for i, group in enumerate(rendered) for seq in group}
-    held_ids = {by_prompt[s.token_ids[:40]] for s in held}
-    train_ids = {by_prompt[s.token_ids[:40]] for s in train}
+    by_prompt = {
+        seq.token_ids[: seq.prompt_len]: i for i, group in enumerate(rendered) for seq in group
+    }
+    held_ids = {by_prompt[s.token_ids[: s.prompt_len]] for s in held}
+    train_ids = {by_prompt[s.token_ids[: s.prompt_len]] for s in train}
     assert len(held_ids) == 10 and not held_ids & train_ids
     assert len(train) + len(held) == sum(len(g) for g in rendered)
 
