@@ -181,6 +181,17 @@ def _grouped_linear(
 ) -> torch.Tensor:
     """rows sorted by expert (`counts` each) times their expert's weight, plus its bias."""
     out = rows.new_empty(rows.shape[0], bias.shape[1])
+    if torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):
+        # training: autograd records each expert's product (addmm's out= has no gradient)
+        start = 0
+        for expert, count in enumerate(counts):
+            if count:
+                out[start : start + count] = torch.nn.functional.linear(
+                    rows[start : start + count], _expert_weight(weight, scales, expert, rows.dtype),
+                    bias[expert],
+                )  # fmt: skip
+                start += count
+        return out
     start = 0
     for expert, count in enumerate(counts):
         if count:  # written in place: bias + rows @ weight.T, no temporary per expert
