@@ -51,7 +51,7 @@ class _Session:
     def push(self, page: Page) -> int:
         if len(self.pages) >= MAX_PAGES_PER_SESSION:
             raise ToolUsageError(
-                f"This session has opened {MAX_PAGES_PER_SESSION} pages, the most it may."
+                f"This browsing session has opened {MAX_PAGES_PER_SESSION} pages, the most it may."
             )
         self.pages.append(page)
         return len(self.pages) - 1
