@@ -120,11 +120,14 @@ def bwrap_argv(bwrap: str, limits: SandboxLimits) -> list[str]:
         "--new-session",
         "--clearenv",
     ]
-    for path in (*SYSTEM_PATHS, *_interpreter_paths()):
+    for path in SYSTEM_PATHS:
         argv += ["--ro-bind-try", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--size", str(limits.data_bytes), "--tmpfs", SANDBOX_DATA]
     argv += ["--size", str(limits.scratch_bytes), "--tmpfs", SANDBOX_TMP]
+    # after the tmpfs mounts, so that an interpreter living under /tmp stays visible
+    for path in _interpreter_paths():
+        argv += ["--ro-bind-try", path, path]
     # shared memory (multiprocessing) gets its own small tmpfs; the rest of /dev is read-only
     argv += ["--size", str(limits.scratch_bytes), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
     argv += ["--ro-bind", str(KERNEL_PATH), KERNEL_IN_SANDBOX, "--chdir", SANDBOX_DATA]

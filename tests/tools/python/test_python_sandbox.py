@@ -3,15 +3,18 @@ reach, how limits end it, and that sessions are kept apart and cleaned up."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from oss_serve.tools.base import ToolCall
 from oss_serve.tools.python.executor import PythonExecutor
-from tests.tools.python.conftest import CELL_TIMEOUT_S, OUTPUT_MAX_BYTES
+from tests.tools.python.conftest import CELL_TIMEOUT_S, OUTPUT_MAX_BYTES, needs_bwrap
 
 pytestmark = [pytest.mark.integration]
 
@@ -185,3 +188,26 @@ async def test_the_least_recently_used_session_is_evicted(sandboxed: PythonExecu
     assert (await sandboxed.call(cell("name", session="s4"))).text == "'s4'"
     kernels = [p for p in sandbox_processes() if p.name() == "python"]
     assert len(kernels) == 3
+
+
+@needs_bwrap
+def test_an_interpreter_under_tmp_still_runs_in_the_sandbox(tmp_path) -> None:
+    """The sandbox's /tmp is its own tmpfs; a virtual environment under the host's /tmp
+    (CI checkouts, scratch venvs) is bound over it, read-only."""
+    venv = Path("/tmp") / f"sandbox-venv-{tmp_path.name}"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    try:
+        probe = (
+            "import sys; sys.path.insert(0, sys.argv[1]);"
+            "from oss_serve.tools.python.sandbox import SandboxLimits, find_bwrap, probe_bwrap;"
+            "print(probe_bwrap(find_bwrap(), SandboxLimits(cell_timeout_s=2.0, memory_mb=512,"
+            " max_processes=32)))"
+        )
+        root = str(Path(__file__).resolve().parents[3])
+        done = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", probe, root],
+            capture_output=True, text=True, timeout=60, cwd="/",
+        )  # fmt: skip
+        assert done.stdout.strip() == "None", done.stdout + done.stderr
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
