@@ -132,6 +132,6 @@ def test_chat_completion_gives_the_same_answer_on_both_routers(cluster):
             )
         content = "".join(c.content for c in chunks)
         reasoning = "".join(c.reasoning for c in chunks)
-        assert chunks[-1].finish_reason == "stop" and reasoning and "12" in content
+        assert chunks[-1].finish_reason == "stop" and reasoning and content.strip()
         answers.append((reasoning, content))
     assert answers[0] == answers[1]
