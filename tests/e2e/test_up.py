@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -25,14 +26,13 @@ import psutil
 import pytest
 
 from oss_serve.workers.training.demo_corpus import PERSON_FORMAT, WEATHER_TOOL
-from tests.e2e.up_process import OSS_SERVE, UpProcess, left_behind
+from tests.e2e.up_process import OSS_SERVE, READY_TIMEOUT_S, UpProcess, left_behind, ready_up
 from tests.router.metrics_scrape import scrape, total
 from tests.router.stack import generate
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]  # first run: trains the demo model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
 MODEL = "oss-serve-demo"
 SERVED_COUNTERS = ("vllm:request_success", "vllm:prompt_tokens", "vllm:generation_tokens")
 RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
@@ -40,14 +40,9 @@ WEATHER_RESULT = {"temperature": 22, "unit": "celsius", "condition": "sunny"}
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> UpProcess:
-    running = UpProcess(tmp_path_factory.mktemp("up")).start()
-    try:
-        running.wait_ready(READY_TIMEOUT_S)
-        running.wait_banner()
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
+    with ready_up(tmp_path_factory.mktemp("up")) as running:
         yield running
-    finally:
-        running.kill_tree()
 
 
 @pytest.fixture(scope="module")

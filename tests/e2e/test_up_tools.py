@@ -11,12 +11,11 @@ import openai
 import pytest
 
 from tests.e2e.test_tool_loop import printed
-from tests.e2e.up_process import UpProcess
+from tests.e2e.up_process import UpProcess, ready_up
 from tests.tools.python.conftest import needs_bwrap
 
 pytestmark = [pytest.mark.e2e, needs_bwrap, pytest.mark.timeout(1500)]
 
-READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
 MODEL = "oss-serve-demo"
 CODE_INTERPRETER = {"type": "code_interpreter", "container": {"type": "auto"}}
 WEB_SEARCH = {"type": "web_search_preview"}
@@ -25,13 +24,8 @@ PORT_QUESTION = "What port does the oss-serve HTTP API use?"
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpProcess]:
-    running = UpProcess(tmp_path_factory.mktemp("up-tools")).start()
-    try:
-        running.wait_ready(READY_TIMEOUT_S)
-        running.wait_banner()
+    with ready_up(tmp_path_factory.mktemp("up-tools")) as running:
         yield running
-    finally:
-        running.kill_tree()
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -132,3 +133,18 @@ def left_behind(processes: list[psutil.Process], grace_s: float = 10.0) -> list[
         except psutil.Error:
             continue
     return described
+
+
+READY_TIMEOUT_S = 1200.0  # includes training the demo model on a fresh machine
+
+
+@contextlib.contextmanager
+def ready_up(folder: Path) -> Iterator[UpProcess]:
+    """`oss-serve up` started, ready and past its banner; its whole tree killed after."""
+    running = UpProcess(folder).start()
+    try:
+        running.wait_ready(READY_TIMEOUT_S)
+        running.wait_banner()
+        yield running
+    finally:
+        running.kill_tree()
