@@ -181,25 +181,22 @@ def _grouped_linear(
 ) -> torch.Tensor:
     """rows sorted by expert (`counts` each) times their expert's weight, plus its bias."""
     out = rows.new_empty(rows.shape[0], bias.shape[1])
-    if torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad):
-        # training: autograd records each expert's product (addmm's out= has no gradient)
-        start = 0
-        for expert, count in enumerate(counts):
-            if count:
-                out[start : start + count] = torch.nn.functional.linear(
-                    rows[start : start + count], _expert_weight(weight, scales, expert, rows.dtype),
-                    bias[expert],
-                )  # fmt: skip
-                start += count
-        return out
+    # training: autograd records each expert's product (addmm's out= has no gradient)
+    training = torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)
     start = 0
     for expert, count in enumerate(counts):
-        if count:  # written in place: bias + rows @ weight.T, no temporary per expert
+        if count:
+            expert_rows = rows[start : start + count]
             expert_weight = _expert_weight(weight, scales, expert, rows.dtype)
-            torch.addmm(
-                bias[expert].to(rows.dtype), rows[start : start + count], expert_weight.t(),
-                out=out[start : start + count],
-            )  # fmt: skip
+            if training:
+                out[start : start + count] = torch.nn.functional.linear(
+                    expert_rows, expert_weight, bias[expert]
+                )
+            else:  # written in place: bias + rows @ weight.T, no temporary per expert
+                torch.addmm(
+                    bias[expert].to(rows.dtype), expert_rows, expert_weight.t(),
+                    out=out[start : start + count],
+                )  # fmt: skip
             start += count
     return out
 
