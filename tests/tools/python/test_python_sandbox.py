@@ -23,8 +23,27 @@ def cell(code: str, session: str = "chain-1") -> ToolCall:
     return ToolCall(recipient="python", arguments=code, session=session)
 
 
+_EARLIER_CHILDREN: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _earlier_children() -> None:
+    """Children this test process already had (another test's redis-server, a kernel a
+    session-wide fixture keeps) are not this test's sandboxes."""
+    _EARLIER_CHILDREN.clear()
+    _EARLIER_CHILDREN.update(child.pid for child in psutil.Process().children())
+
+
 def sandbox_processes() -> list[psutil.Process]:
-    return psutil.Process().children(recursive=True)
+    """The sandboxes this test started: each new bwrap child and what runs under it."""
+    found: list[psutil.Process] = []
+    for child in psutil.Process().children():
+        try:
+            if child.pid not in _EARLIER_CHILDREN and child.name() == "bwrap":
+                found += [child, *child.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    return found
 
 
 async def test_output_and_last_expression_come_back(sandboxed: PythonExecutor) -> None:
