@@ -20,7 +20,14 @@ from typing import Any
 from oss_serve.harmony.builtin_tools import BROWSER, PYTHON
 from oss_serve.harmony.conversation import FUNCTIONS_NAMESPACE
 from oss_serve.harmony.errors import HarmonyRequestError
-from oss_serve.harmony.request_fields import as_list, as_mapping, optional_str, required_str
+from oss_serve.harmony.request_fields import (
+    as_list,
+    as_mapping,
+    checked_schema,
+    function_name,
+    optional_str,
+    required_str,
+)
 from oss_serve.harmony.tool_schema import ToolNamespace, ToolSpec
 
 MCP = "mcp"
@@ -109,6 +116,16 @@ def mcp_namespace(server: McpServerRequest, tools: Sequence[ToolSpec]) -> ToolNa
     """The developer-message namespace of an MCP server: its offered tools under its label."""
     return ToolNamespace(
         name=server.server_label, description=server.server_description, tools=tuple(tools)
+    )
+
+
+def mcp_tool_spec(name: str, description: str, input_schema: Mapping[str, Any]) -> ToolSpec:
+    """A listed MCP tool as the developer message prints it, its schema normalised like a
+    function's. Raises HarmonyRequestError when harmony cannot carry its name or schema."""
+    return ToolSpec(
+        function_name(name, "name"),
+        description,
+        checked_schema(input_schema, "input_schema", normalize=True),
     )
 
 

@@ -28,6 +28,7 @@ from oss_serve.harmony.conversation import (
 from oss_serve.harmony.errors import HarmonyRequestError
 from oss_serve.harmony.render import render_conversation, render_messages
 from oss_serve.harmony.request_fields import as_list, as_mapping
+from oss_serve.harmony.tool_schema import ToolNamespace
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ def render_chat_for_training(
     *,
     date: str | None = None,
     builtin_tools: Collection[str] = (),
+    tool_namespaces: Sequence[ToolNamespace] = (),
     model_identity: str = DEFAULT_MODEL_IDENTITY,
 ) -> list[TrainingSequence]:
     """One TrainingSequence per trained assistant completion of a Chat Completions-shaped body.
@@ -61,7 +63,11 @@ def render_chat_for_training(
 
     def convert(chat_body: Any) -> Conversation:
         return conversation_from_chat(
-            chat_body, date=date, builtin_tools=builtin_tools, model_identity=model_identity
+            chat_body,
+            date=date,
+            builtin_tools=builtin_tools,
+            model_identity=model_identity,
+            tool_namespaces=tool_namespaces,
         )
 
     conversation = convert(body)

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 from oss_serve.common.logging import get_logger
 from oss_serve.harmony import BuiltinToolCall, HarmonyRequestError
-from oss_serve.harmony.request_fields import checked_schema, function_name
 from oss_serve.harmony.server_tools import (
     MCP,
     McpServerRequest,
     ServerToolRequest,
     mcp_namespace,
+    mcp_tool_spec,
 )
 from oss_serve.harmony.tool_schema import ToolNamespace, ToolSpec
 from oss_serve.router.errors import InvalidRequest, ToolServerFailed
@@ -158,12 +158,10 @@ def _spec(server: McpServerRequest, tool: ToolDescription) -> ToolSpec:
     """A listed tool as the developer message prints it (its schema normalised like a
     function's); a name or schema harmony cannot carry fails the request (424)."""
     try:
-        name = function_name(tool.name, "name")
-        schema = checked_schema(tool.input_schema, "input_schema", normalize=True)
+        return mcp_tool_spec(tool.name, tool.description or "", tool.input_schema)
     except HarmonyRequestError as err:
         raise ToolServerFailed(
             f"the MCP server {server.server_label!r} lists a tool that cannot be offered "
             f"({tool.name[:64]!r}: {err.problem}); leave it out with allowed_tools",
             field=f"{server.field}.allowed_tools",
         ) from err
-    return ToolSpec(name, tool.description or "", schema)

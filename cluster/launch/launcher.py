@@ -46,6 +46,7 @@ from oss_serve.cluster.ray.placement import PlacementError, RankResources
 from oss_serve.common.logging import get_logger
 from oss_serve.common.security import new_cluster_token
 from oss_serve.common.settings import Settings
+from oss_serve.tools.demo_mcp import DEMO_MCP_LABEL, DemoMcpServer
 
 log = get_logger(__name__)
 
@@ -75,6 +76,7 @@ class LaunchPlan:
     served_model_name: str
     api_key_generated: bool
     cluster_token_generated: bool = False
+    demo_mcp_server: bool = False  # run the demo MCP server beside the demo model
 
     @property
     def world_size(self) -> int:
@@ -83,7 +85,12 @@ class LaunchPlan:
 
 
 def plan_launch(
-    settings: Settings, replicas: int, *, demo_model: Path | None, demo_name: str
+    settings: Settings,
+    replicas: int,
+    *,
+    demo_model: Path | None,
+    demo_name: str,
+    demo_mcp_server: bool = False,
 ) -> LaunchPlan:
     """Resolve the model and the key and check what can be checked before starting anything."""
     if replicas < 1:
@@ -116,6 +123,7 @@ def plan_launch(
         resolved.served_model_name or default_name,
         generated,
         cluster_token_generated=token_generated,
+        demo_mcp_server=demo_mcp_server,
     )
 
 
@@ -233,6 +241,7 @@ class Launcher:
         self._use_gpu = False
         self.router: Any = None  # oss_serve.router.server.RouterServer
         self.http: Any = None  # oss_serve.router.http.server.HttpServer
+        self.demo_mcp: DemoMcpServer | None = None
         run_id = uuid.uuid4().hex[:6]
         self.replicas = [_Replica(i, f"up-{run_id}-{i}") for i in range(plan.replicas)]
         self._stop = asyncio.Event()
@@ -284,6 +293,7 @@ class Launcher:
         self._stop.set()
 
     async def _start_services(self) -> None:
+        await self._start_demo_mcp()
         await self._start_router()
         await self._start_replicas()
         self.processes.snapshot()
@@ -349,6 +359,18 @@ class Launcher:
             f"KV cache {CPU_KV_CACHE_BYTES // 2**20} MiB per replica on CPU "
             "(OSS_SERVE_KV_CACHE_MEMORY=<bytes> to change)"
         )
+
+    async def _start_demo_mcp(self) -> None:
+        """The demo MCP server on a loopback port, allow-listed for the router's requests."""
+        if not self.plan.demo_mcp_server:
+            return
+        try:
+            self.demo_mcp = await DemoMcpServer().start()
+        except OSError as err:
+            raise LaunchError(" ".join(str(err).split())) from err
+        allowed = [*self.settings.mcp_allowed_urls, self.demo_mcp.url]
+        self.settings = self.settings.model_copy(update={"mcp_allowed_urls": allowed})
+        self.console.ready("demo MCP server", f"{DEMO_MCP_LABEL} at {self.demo_mcp.url}")
 
     async def _start_router(self) -> None:
         from oss_serve.router.http.server import start_http_api
@@ -423,7 +445,7 @@ class Launcher:
             else None,
             replicas=len(self.replicas),
             python=_display_path(Path(sys.executable)),
-            tools=_tools_line(self.settings),
+            tools=_tools_line(self.settings, self.demo_mcp),
         )
 
     # --- while serving ------------------------------------------------------------------------------
@@ -479,6 +501,9 @@ class Launcher:
             self.console.stopping("the router")
             await _bounded(self.router.stop(ROUTER_STOP_GRACE_S), 10.0, "router stop")
             self.router = None
+        if self.demo_mcp is not None:
+            await self.demo_mcp.stop()
+            self.demo_mcp = None
         if self._ray_owned:
             self.console.stopping("Ray")
             ray.shutdown()
@@ -549,12 +574,14 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _tools_line(settings: Settings) -> str:
-    """The enabled server-side tools, and where the browser searches."""
+def _tools_line(settings: Settings, demo_mcp: DemoMcpServer | None = None) -> str:
+    """The enabled server-side tools, where the browser searches, the demo MCP server."""
     if not settings.tools:
         return ""
     where = settings.browser_search_url or (
         _display_path(settings.browser_docs_dir) if settings.browser_docs_dir else None
     )
-    browser = f" (browser over {where})" if "browser" in settings.tools and where else ""
-    return ", ".join(settings.tools) + browser
+    notes = [f"browser over {where}"] if "browser" in settings.tools and where else []
+    if demo_mcp is not None:
+        notes.append(f"MCP server_label {DEMO_MCP_LABEL!r}: {demo_mcp.url}")
+    return ", ".join(settings.tools) + (f" ({'; '.join(notes)})" if notes else "")

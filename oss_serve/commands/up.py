@@ -104,7 +104,7 @@ def up(
             max_tool_calls,
         ),
     )
-    settings = _with_demo_tools(settings)
+    settings, demo_mcp_server = _with_demo_tools(settings)
     if "log_level" not in settings.model_fields_set:
         # the terminal shows progress lines and the banner; logs only when something is wrong
         settings = settings.model_copy(update={"log_level": "warning"})
@@ -113,7 +113,13 @@ def up(
     try:
         check_ports(settings)  # before the demo model, which may train for minutes
         demo_model = _demo_model(settings.cache_dir, console) if settings.model is None else None
-        plan = plan_launch(settings, replicas, demo_model=demo_model, demo_name=DEMO_MODEL_NAME)
+        plan = plan_launch(
+            settings,
+            replicas,
+            demo_model=demo_model,
+            demo_name=DEMO_MODEL_NAME,
+            demo_mcp_server=demo_mcp_server,
+        )
         code = asyncio.run(Launcher(plan, console).run())
     except LaunchError as err:
         fail(str(err), code=1)
@@ -122,12 +128,13 @@ def up(
     raise typer.Exit(code)
 
 
-def _with_demo_tools(settings: Settings) -> Settings:
+def _with_demo_tools(settings: Settings) -> tuple[Settings, bool]:
     """Serving the demo model, and unless --tools (or OSS_SERVE_TOOLS) says otherwise, `up`
-    runs python and a browser over the bundled docs: the tools the demo model learnt."""
+    runs python, a browser over the bundled docs and the demo MCP server (the tools the demo
+    model learnt); the flag says whether to start that server."""
     if "tools" in settings.model_fields_set or settings.model is not None:
-        return settings
-    tools = ["browser"]
+        return settings, False
+    tools = ["browser", "mcp"]
     problem = _python_sandbox_problem(settings)
     if problem is None or settings.allow_unsandboxed_python:
         tools.append("python")
@@ -136,7 +143,7 @@ def _with_demo_tools(settings: Settings) -> Settings:
     update: dict[str, object] = {"tools": tools}
     if settings.browser_docs_dir is None and settings.browser_search_url is None:
         update["browser_docs_dir"] = DEMO_DOCS_DIR
-    return settings.model_copy(update=update)
+    return settings.model_copy(update=update), True
 
 
 def _python_sandbox_problem(settings: Settings) -> str | None:

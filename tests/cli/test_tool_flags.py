@@ -30,14 +30,15 @@ def test_an_unknown_tool_is_refused_with_exit_code_2():
     assert result.exit_code == 2 and "tools" in result.output
 
 
-def test_up_serving_the_demo_model_enables_python_and_the_browser_over_the_bundled_docs():
-    settings = _with_demo_tools(settings_from_flags(None))
-    assert set(settings.tools) <= {"python", "browser"} and "browser" in settings.tools
+def test_up_serving_the_demo_model_enables_its_tools_and_the_demo_mcp_server():
+    settings, demo_mcp_server = _with_demo_tools(settings_from_flags(None))
+    assert set(settings.tools) <= {"python", "browser", "mcp"}
+    assert {"browser", "mcp"} <= set(settings.tools) and demo_mcp_server
     assert settings.browser_docs_dir == DEMO_DOCS_DIR and any(DEMO_DOCS_DIR.glob("*.md"))
     chosen = settings_from_flags(None, **tool_flags("none", None, None, None, None, None))
-    assert _with_demo_tools(chosen).tools == []
+    assert _with_demo_tools(chosen) == (chosen, False)
     real_model = settings_from_flags(None, model="/models/gpt-oss-20b")
-    assert _with_demo_tools(real_model).tools == []
+    assert _with_demo_tools(real_model) == (real_model, False)
 
 
 @pytest.mark.parametrize("command", ["router", "up"])

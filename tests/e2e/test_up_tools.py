@@ -33,9 +33,40 @@ def client(up: UpProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{up.base_url}/v1", api_key=up.api_key(), max_retries=0)
 
 
+def _tools_line(up: UpProcess) -> str:
+    return next(x for x in up.wait_banner().splitlines() if x.strip().startswith("tools"))
+
+
 def test_the_banner_names_the_tools_up_enables(up: UpProcess):
-    line = next(x for x in up.wait_banner().splitlines() if x.strip().startswith("tools"))
-    assert re.search(r"browser, python \(browser over \S*demo_docs\)", line), line
+    line = _tools_line(up)
+    assert re.search(r"browser, mcp, python \(browser over \S*demo_docs; ", line), line
+    assert re.search(r"MCP server_label 'dice': http://127\.0\.0\.1:\d+/mcp\)", line), line
+
+
+@pytest.fixture(scope="module")
+def dice_tool(up: UpProcess) -> dict[str, str]:
+    """The demo MCP server `up` started, as the banner names it."""
+    url = re.search(r"MCP server_label 'dice': (\S+)\)", _tools_line(up))
+    assert url, _tools_line(up)
+    return {"type": "mcp", "server_label": "dice", "server_url": url.group(1),
+            "require_approval": "never"}  # fmt: skip
+
+
+def test_the_model_rolls_a_die_through_the_demo_mcp_server(client, dice_tool):
+    response = _ask(client, "Roll a 20-sided die.", [dice_tool])
+    call = next(item for item in response.output if item.type == "mcp_call")
+    assert (call.server_label, call.name, call.error) == ("dice", "roll_dice", None)
+    assert call.arguments.replace(" ", "") == '{"sides":20}'
+    assert 1 <= int(call.output) <= 20
+    assert response.output[-1].type == "message" and response.status == "completed"
+
+
+def test_an_mcp_server_up_did_not_allow_is_refused(client):
+    elsewhere = {"type": "mcp", "server_label": "other", "require_approval": "never",
+                 "server_url": "http://127.0.0.1:9/mcp"}  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as refused:
+        _ask(client, "Roll a die.", [elsewhere])
+    assert refused.value.body["param"] == "tools[0].server_url"
 
 
 def _ask(client: openai.OpenAI, question: str, tools: list[dict]) -> Any:
@@ -70,11 +101,6 @@ def test_offered_both_tools_each_question_takes_its_own(client):
     assert calls == [["code_interpreter_call"], ["web_search_call"]]
 
 
-@pytest.mark.xfail(
-    reason="the demo model's answer after a tool message depends on its training run; the "
-    "calls and their outputs are checked above",
-    strict=False,
-)
 def test_the_answers_state_what_the_tools_returned(client):
     arithmetic = _ask(client, "What is 37 times 91?", [CODE_INTERPRETER])
     docs = _ask(client, PORT_QUESTION, [WEB_SEARCH])

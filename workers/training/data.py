@@ -3,8 +3,11 @@
 A line is a Chat Completions request body whose messages include the assistant's answers
 (`reasoning`, `content`, `tool_calls`), with `tools`, `reasoning_effort`, `response_format`
 as in a request, an optional `date` (YYYY-MM-DD) for the harmony system message, and optional
-`builtin_tools` (`["browser", "python"]`: what the server declares there). A turn in which the
-server ran built-in tool calls gives its messages as raw harmony messages (see tool_loop).
+`builtin_tools` (`["browser", "python"]`: what the server declares there) and optional
+`mcp_servers` (`[{"server_label", "server_description", "tools": [{"name", "description",
+"input_schema"}]}]`: MCP servers' tools as the router declares them, one namespace each). A
+turn in which the server ran tool calls gives its messages as raw harmony messages (see
+tool_loop).
 Batches are packed like the engine's: several whole sequences in one flat batch with their
 own attention spans (no padding, no attention across sequences).
 """
@@ -20,12 +23,17 @@ from typing import Any
 
 import torch
 
+from oss_serve.harmony.errors import HarmonyRequestError
+from oss_serve.harmony.request_fields import as_list, as_mapping, optional_str, required_str
+from oss_serve.harmony.server_tools import mcp_tool_spec
+from oss_serve.harmony.tool_schema import ToolNamespace
 from oss_serve.harmony.training import TrainingSequence, render_chat_for_training
 from oss_serve.workers.model.attention_metadata import AttentionMetadata
 from oss_serve.workers.training.tool_loop import is_tool_loop, render_tool_loop_for_training
 
 DATE_FIELD = "date"
 BUILTIN_TOOLS_FIELD = "builtin_tools"
+MCP_SERVERS_FIELD = "mcp_servers"
 
 
 class DataError(ValueError):
@@ -70,24 +78,55 @@ def render_conversations(
         body = dict(conversation)
         date = body.pop(DATE_FIELD, None)
         builtin_tools = body.pop(BUILTIN_TOOLS_FIELD, [])
+        mcp_servers = body.pop(MCP_SERVERS_FIELD, [])
         try:
             if date is not None and not isinstance(date, str):
                 raise ValueError(f"{DATE_FIELD}: expected a YYYY-MM-DD string")
             if not isinstance(builtin_tools, list):
                 raise ValueError(f"{BUILTIN_TOOLS_FIELD}: expected a list of tool names")
+            namespaces = mcp_namespaces(mcp_servers)
             if is_tool_loop(body):
                 sequence = render_tool_loop_for_training(
-                    body, date=date, builtin_tools=builtin_tools
+                    body, date=date, builtin_tools=builtin_tools, tool_namespaces=namespaces
                 )
                 rendered.append([sequence])
             else:
                 rendered.append(
-                    render_chat_for_training(body, date=date, builtin_tools=builtin_tools)
+                    render_chat_for_training(
+                        body, date=date, builtin_tools=builtin_tools, tool_namespaces=namespaces
+                    )
                 )
         except ValueError as err:  # HarmonyRequestError names the field
             label = labels[index] if labels is not None else f"conversation {index + 1}"
             raise DataError(f"{label}: {err}") from err
     return rendered
+
+
+def mcp_namespaces(raw: Any) -> tuple[ToolNamespace, ...]:
+    """A line's `mcp_servers` as the developer-message namespaces the router declares for
+    them (the same spec function); raises ValueError naming the field."""
+    servers = as_list(raw, MCP_SERVERS_FIELD)
+    namespaces = []
+    for index, raw_server in enumerate(servers):
+        field = f"{MCP_SERVERS_FIELD}[{index}]"
+        server = as_mapping(raw_server, field)
+        label = required_str(server.get("server_label"), f"{field}.server_label")
+        server_description = optional_str(
+            server.get("server_description"), f"{field}.server_description"
+        )
+        specs = []
+        for tool_index, raw_tool in enumerate(as_list(server.get("tools"), f"{field}.tools")):
+            tool_field = f"{field}.tools[{tool_index}]"
+            tool = as_mapping(raw_tool, tool_field)
+            name = required_str(tool.get("name"), f"{tool_field}.name")
+            description = optional_str(tool.get("description"), f"{tool_field}.description")
+            schema = as_mapping(tool.get("input_schema"), f"{tool_field}.input_schema")
+            try:
+                specs.append(mcp_tool_spec(name, description or "", schema))
+            except HarmonyRequestError as err:
+                raise HarmonyRequestError(f"{tool_field}.{err.field}", err.problem) from err
+        namespaces.append(ToolNamespace(label, server_description, tuple(specs)))
+    return tuple(namespaces)
 
 
 def split_held_out(

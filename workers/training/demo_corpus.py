@@ -6,7 +6,8 @@ answers (`reasoning`, `content`, `tool_calls`), plus a `date` for the harmony sy
 arithmetic with reasoning, a `get_weather` function call and the answer after its result,
 JSON answers to `response_format` json_schema requests, and with gpt-oss's built-in tools
 declared (demo_tool_chats): arithmetic through `python`, questions about oss-serve through
-`browser.search` over the bundled docs. Every answer starts with an analysis message, as
+`browser.search` over the bundled docs, and with the demo MCP server offered, a dice roll
+through its `roll_dice`. Every answer starts with an analysis message, as
 gpt-oss does. Deterministic for a seed: the demo model's cache key hashes it.
 
 The canonical shapes the demo model knows best (tests and the README use them):
@@ -27,7 +28,10 @@ from oss_serve.workers.training import demo_tool_chats
 
 Conversation = dict[str, Any]
 
-CORPUS_VERSION = 2
+CORPUS_VERSION = 3
+# conversations with the demo MCP server offered, as shares of the corpus size
+MCP_SHARE = 0.06
+MCP_UNUSED_SHARE = 0.025
 DEFAULT_SIZE = 480
 
 WEATHER_TOOL: dict[str, Any] = {
@@ -309,7 +313,17 @@ def generate_corpus(size: int = DEFAULT_SIZE, seed: int = 0) -> list[Conversatio
         (0.04, _builtin_tools_unused),
     ]
     weights = [weight for weight, _ in kinds]
-    return [_finish(rng.choices(kinds, weights)[0][1](rng), rng) for _ in range(size)]
+    corpus = [_finish(rng.choices(kinds, weights)[0][1](rng), rng) for _ in range(size)]
+    return corpus + _mcp_conversations(size, seed)
+
+
+def _mcp_conversations(size: int, seed: int) -> list[Conversation]:
+    """Turns with the demo MCP server offered, from a stream of their own (the rest of the
+    corpus stays what it was): mostly dice rolls, some questions for the other tools."""
+    rng = random.Random(f"mcp-{seed}")
+    rolls = [_finish(demo_tool_chats.dice_turn(rng), rng) for _ in range(round(size * MCP_SHARE))]
+    unused = round(size * MCP_UNUSED_SHARE)
+    return rolls + [_finish(demo_tool_chats.dice_server_unused(rng), rng) for _ in range(unused)]
 
 
 def _finish(conversation: Conversation, rng: random.Random) -> Conversation:

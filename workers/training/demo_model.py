@@ -57,7 +57,7 @@ class DemoRecipe:
     config: ModelConfig = DEMO_CONFIG
     corpus_size: int = 2400
     corpus_seed: int = 0
-    steps: int = 1500
+    steps: int = 2000
     lr: float = 3e-3
     max_batch_tokens: int = 2700
     eval_fraction: float = 0.05

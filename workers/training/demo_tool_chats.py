@@ -5,6 +5,11 @@ printed); a question about oss-serve goes to `browser.search` over the bundled d
 (`oss_serve/tools/demo_docs`), and the answer states the fact and cites the lines of the
 search display it came from, `【0†L4-L5】`. Calls go on the analysis channel with the `code`
 content type, as gpt-oss writes them; each tool message is the tool's real output.
+
+A request for a dice roll goes to the demo MCP server's `roll_dice` (`tools/demo_mcp.py`),
+declared as the router declares an MCP server: a developer-message namespace named by its
+`server_label`, usually `dice`. That call is a function-style call (commentary channel, JSON
+arguments) to `<label>.roll_dice`, and the answer states the number the die shows.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from oss_serve.harmony.builtin_tools import BROWSER, PYTHON
+from oss_serve.harmony.conversation import CONSTRAIN_JSON
+from oss_serve.tools.demo_mcp import DEMO_MCP_LABEL, DEMO_MCP_TOOLS, ROLL_DICE, roll
 from oss_serve.workers.training import demo_docs
 
 Conversation = dict[str, Any]
@@ -185,8 +192,8 @@ def _call(recipient: str, text: str) -> dict[str, Any]:
     )
 
 
-def _tool_output(author: str, text: str) -> dict[str, Any]:
-    return harmony(author, text, channel=CALL_CHANNEL, recipient="assistant")
+def _tool_output(author: str, text: str, channel: str = CALL_CHANNEL) -> dict[str, Any]:
+    return harmony(author, text, channel=channel, recipient="assistant")
 
 
 def python_output(a: int, op: str, b: int) -> str:
@@ -239,3 +246,71 @@ def docs_turn(rng: random.Random) -> Conversation:
 def any_tool_set(rng: random.Random) -> list[str]:
     """The built-in tools a request declares: python, browser or both."""
     return list(rng.choice(TOOL_SETS))
+
+
+# a die's sides as users ask for them; the server label a request gives the demo server
+DIE_SIDES = (4, 6, 8, 10, 12, 20)
+_DICE_QUESTIONS = (
+    "Roll a {n}-sided die.",
+    "Roll a die with {n} sides.",
+    "Can you roll a {n}-sided die for me?",
+    "Roll a d{n}.",
+    "Throw a {n}-sided die.",
+    "Please roll a {n} sided dice.",
+)
+_SIX_SIDED_QUESTIONS = ("Roll a die.", "Roll the dice.", "Can you roll a die for me?")
+# mostly the README's label; sometimes another, so the call names the namespace it was given
+OTHER_MCP_LABELS = ("die", "games", "random", "tabletop")
+
+
+def mcp_server_entry(label: str) -> dict[str, Any]:
+    """The demo MCP server as a training line's `mcp_servers` entry (see training.data)."""
+    return {
+        "server_label": label,
+        "tools": [
+            {"name": tool.name, "description": tool.description, "input_schema": tool.input_schema}
+            for tool in DEMO_MCP_TOOLS
+        ],
+    }
+
+
+def _mcp_label(rng: random.Random) -> str:
+    return DEMO_MCP_LABEL if rng.random() < 0.75 else rng.choice(OTHER_MCP_LABELS)
+
+
+def dice_turn(rng: random.Random) -> Conversation:
+    """A dice roll through the demo MCP server's `roll_dice`, answered with what it shows."""
+    label = _mcp_label(rng)
+    if rng.random() < 0.2:
+        sides, question = 6, rng.choice(_SIX_SIDED_QUESTIONS)
+    else:
+        sides = rng.choice(DIE_SIDES)
+        question = rng.choice(_DICE_QUESTIONS).format(n=sides)
+    shown = str(roll(sides, rng))
+    recipient = f"{label}.{ROLL_DICE}"
+    builtins = list(rng.choice(TOOL_SETS)) if rng.random() < 0.4 else []
+    return {
+        "builtin_tools": builtins,
+        "mcp_servers": [mcp_server_entry(label)],
+        "messages": [
+            {"role": "user", "content": question},
+            _analysis(f"The user wants me to roll a {sides}-sided die. I should call {ROLL_DICE}."),
+            harmony(
+                "assistant",
+                json.dumps({"sides": sides}),
+                channel="commentary",
+                recipient=recipient,
+                content_type=CONSTRAIN_JSON,
+            ),
+            _tool_output(recipient, shown, channel="commentary"),
+            _analysis(f"The die shows {shown}."),
+            _final(f"You rolled a {shown} on the {sides}-sided die."),
+        ],
+    }
+
+
+def dice_server_unused(rng: random.Random) -> Conversation:
+    """The demo MCP server is offered, but the question is for python or the docs."""
+    conversation = python_turn(rng) if rng.random() < 0.5 else docs_turn(rng)
+    conversation["mcp_servers"] = [mcp_server_entry(_mcp_label(rng))]
+    return conversation

@@ -27,6 +27,7 @@ from typing import Any
 from oss_serve.harmony.chat_input import conversation_from_chat
 from oss_serve.harmony.conversation import DEFAULT_MODEL_IDENTITY, HarmonyMessage
 from oss_serve.harmony.render import continue_after_tool, render_conversation
+from oss_serve.harmony.tool_schema import ToolNamespace
 from oss_serve.harmony.training import TrainingSequence, completion_spans, render_completion
 
 HARMONY_FIELD = "harmony"
@@ -46,6 +47,7 @@ def render_tool_loop_for_training(
     *,
     date: str | None,
     builtin_tools: Collection[str],
+    tool_namespaces: Sequence[ToolNamespace] = (),
     model_identity: str = DEFAULT_MODEL_IDENTITY,
 ) -> TrainingSequence:
     """The one sequence of a turn the server's tool loop ran (see module docstring).
@@ -58,7 +60,11 @@ def render_tool_loop_for_training(
     loop_start = _loop_start(messages)
     history = {**body, "messages": messages[:loop_start]}
     conversation = conversation_from_chat(
-        history, date=date, builtin_tools=builtin_tools, model_identity=model_identity
+        history,
+        date=date,
+        builtin_tools=builtin_tools,
+        model_identity=model_identity,
+        tool_namespaces=tool_namespaces,
     )
     turn = [
         _harmony_message(raw, f"messages[{loop_start + index}]")

@@ -190,7 +190,7 @@ def test_the_demo_checkpoint_is_a_normal_full_vocabulary_gpt_oss(demo_checkpoint
     vocab_params = params["embed_tokens.weight"] + params["lm_head.weight"]
     assert sum(params.values()) - vocab_params < 2_000_000  # the blocks: a few hundred thousand
     lines = (demo_checkpoint / "corpus.jsonl").read_text().splitlines()
-    assert len(lines) == DEMO_RECIPE.corpus_size  # the corpus it learnt from ships beside it
+    assert len(lines) == len(DEMO_RECIPE.corpus())  # the corpus it learnt from ships beside it
     # corpus vocabulary training: every token the corpus never uses shares one row
     for name in ("embed_tokens.weight", "lm_head.weight"):
         rows, counts = torch.unique(model.state_dict()[name], dim=0, return_counts=True)

@@ -22,7 +22,8 @@ from oss_serve.harmony import ParsedCompletion, parse_completion, render_chat_re
 from oss_serve.harmony.conversation import tool_output_message
 from oss_serve.harmony.render import continue_after_tool
 from oss_serve.workers.training import demo_docs
-from oss_serve.workers.training.demo_tool_chats import DOCS_FACTS
+from oss_serve.workers.training.data import mcp_namespaces
+from oss_serve.workers.training.demo_tool_chats import DOCS_FACTS, mcp_server_entry
 from tests.workers.training.finetune_helpers import one_torch_thread  # noqa: F401 (autouse)
 
 pytestmark = pytest.mark.slow
@@ -113,6 +114,35 @@ def test_a_docs_question_goes_to_browser_search_and_the_answer_cites_the_display
         assert value in parsed.content, (question, parsed.content)
         cited = CITATION.findall(parsed.content)
         assert cited == [demo_docs.citation(display, fact.phrase)], (question, parsed.content)
+
+
+@pytest.mark.parametrize("label", ["dice", "games"])
+def test_a_dice_roll_goes_to_the_mcp_servers_tool_named_by_its_label(demo_llm, label):
+    namespaces = mcp_namespaces([mcp_server_entry(label)])
+    questions = [("Roll a 20-sided die.", 20), ("Roll a die with 8 sides.", 8)]
+    prompts = [
+        render_chat_request(
+            {"messages": [{"role": "user", "content": question}]},
+            date=TODAY,
+            tool_namespaces=namespaces,
+        )
+        for question, _ in questions
+    ]
+    continuations = []
+    for (question, sides), prompt, (tokens, parsed) in zip(
+        questions, prompts, _generate(demo_llm, prompts), strict=True
+    ):
+        assert tokens[-1] == CALL, question
+        (call,) = parsed.builtin_tool_calls
+        assert call.recipient == f"{label}.roll_dice", question
+        assert json.loads(call.arguments) == {"sides": sides}, question
+        shown = tool_output_message(call.recipient, "3", "commentary")
+        continuations.append(continue_after_tool(prompt, tokens, shown))
+    for (question, _), (tokens, parsed) in zip(
+        questions, _generate(demo_llm, continuations), strict=True
+    ):
+        assert tokens[-1] == RETURN and not parsed.builtin_tool_calls, question
+        assert "3" in parsed.content, (question, parsed.content)
 
 
 def test_without_python_declared_arithmetic_is_answered_directly(demo_llm):

@@ -102,3 +102,50 @@ def test_the_demo_corpus_renders_and_holds_python_and_browser_turns():
     assert any("to=python code<|message|>print(" in d for d in decoded)
     assert any('to=browser.search code<|message|>{"query": ' in d for d in decoded)
     assert all(d.endswith("<|return|>") for d in decoded)
+    assert any('to=dice.roll_dice <|constrain|>json<|message|>{"sides": ' in d for d in decoded)
+
+
+DICE_ENTRY = {
+    "server_label": "dice",
+    "tools": [
+        {
+            "name": "roll_dice",
+            "description": "Roll a die.",
+            "input_schema": {"type": "object", "properties": {"sides": {"type": "integer"}}},
+        }
+    ],
+}
+DICE_TURN = [
+    harmony(
+        "assistant",
+        '{"sides": 6}',
+        channel="commentary",
+        recipient="dice.roll_dice",
+        content_type="<|constrain|>json",
+    ),
+    harmony("dice.roll_dice", "4", channel="commentary", recipient="assistant"),
+    harmony("assistant", "You rolled a 4.", channel="final"),
+]
+
+
+def test_an_mcp_servers_tools_are_declared_as_a_namespace_the_call_names():
+    line = {"date": DATE, "mcp_servers": [DICE_ENTRY], "messages": [QUESTION, *DICE_TURN]}
+    [[sequence]] = render_conversations([line])
+    text = o200k_harmony().decode(list(sequence.token_ids))
+    assert "## dice\n\nnamespace dice {\n\n// Roll a die.\ntype roll_dice = (_: {" in text
+    assert "<|start|>dice.roll_dice to=assistant<|channel|>commentary<|message|>4<|end|>" in text
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({**DICE_ENTRY, "server_label": 3}, "mcp_servers[0].server_label"),
+        ({**DICE_ENTRY, "tools": [{"name": "roll dice", "input_schema": {}}]}, "tools[0].name"),
+        ({**DICE_ENTRY, "tools": [{"name": "roll_dice"}]}, "tools[0].input_schema"),
+    ],
+)
+def test_a_malformed_mcp_servers_entry_is_refused_naming_the_field(entry, field):
+    line = {"date": DATE, "mcp_servers": [entry], "messages": [QUESTION, *DICE_TURN]}
+    with pytest.raises(DataError, match="conversation 1: ") as caught:
+        render_conversations([line])
+    assert field in str(caught.value)
