@@ -298,7 +298,8 @@ _PERSON_PROMPTS = (
 
 
 def generate_corpus(size: int = DEFAULT_SIZE, seed: int = 0) -> list[Conversation]:
-    """`size` conversations, the same list for the same (size, seed, CORPUS_VERSION)."""
+    """`size` conversations of the main mix, then the demo MCP server's (MCP_SHARE and
+    MCP_UNUSED_SHARE of `size` more); the same list for the same (size, seed, CORPUS_VERSION)."""
     rng = random.Random(seed)
     kinds: list[tuple[float, Callable[[random.Random], Conversation]]] = [
         (0.12, _greeting),
