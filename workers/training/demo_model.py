@@ -8,7 +8,8 @@ recipe and the code version: a change to any of them trains a new one. A file lo
 second process wait for the first one's training instead of training too.
 
 It is a demo: it knows its corpus's few hundred tokens and shapes (greetings, small
-arithmetic, a get_weather call and its answer, JSON answers), nothing else.
+arithmetic, a get_weather call and its answer, JSON answers, python and browser.search calls
+with the built-in tools declared, a roll_dice call to the demo MCP server), nothing else.
 """
 
 from __future__ import annotations
