@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
-from collections.abc import Iterator
 from typing import Any
 
+import uvicorn
+
+from oss_serve.common.http_serving import EmbeddedServer, bind_listening_socket
 from oss_serve.tools.base import ToolDescription
 
 DEMO_MCP_LABEL = "dice"  # the server_label the README and the demo model use
@@ -67,15 +68,7 @@ class DemoMcpServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._host = host
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._socket.bind((host, port))
-        except OSError as err:
-            self._socket.close()
-            raise OSError(f"cannot serve the demo MCP server on {host}:{port}: {err}") from err
-        self._socket.listen(128)
-        self._socket.setblocking(False)
+        self._socket = bind_listening_socket(host, port, "the demo MCP server", backlog=128)
         self.port = int(self._socket.getsockname()[1])
         self._server: Any = None  # uvicorn.Server
         self._task: asyncio.Task[None] | None = None
@@ -86,15 +79,8 @@ class DemoMcpServer:
         return f"http://{self._host}:{self.port}{MCP_PATH}"
 
     async def start(self) -> DemoMcpServer:
-        import uvicorn
-
-        class _Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self) -> Iterator[None]:
-                yield
-
         app = build_demo_mcp_server().streamable_http_app()
-        self._server = _Server(
+        self._server = EmbeddedServer(
             uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         )
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))

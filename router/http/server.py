@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import uvicorn
 
+from oss_serve.common.http_serving import EmbeddedServer, bind_listening_socket
 from oss_serve.common.logging import get_logger
 from oss_serve.common.security import TlsFiles
 from oss_serve.common.settings import Settings
@@ -44,12 +43,6 @@ def api_context(router: RouterServer, settings: Settings) -> ApiContext:
     )
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the router process owns SIGTERM/SIGINT and stops this server itself
-
-
 class HttpServer:
     def __init__(
         self,
@@ -63,7 +56,7 @@ class HttpServer:
         self.app = app
         self.host = host
         self.tls = tls if tls is not None and tls.serves_tls else None
-        self._socket = _bind(host, port)
+        self._socket = bind_listening_socket(host, port, "HTTP")
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(
             StallLimit(app, stall_timeout_s),
@@ -75,7 +68,7 @@ class HttpServer:
             ssl_certfile=self.tls.cert_path if self.tls else None,
             ssl_keyfile=self.tls.key_path if self.tls else None,
         )
-        self._server = _Server(config)
+        self._server = EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -98,23 +91,6 @@ class HttpServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._socket.close()
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
-    # socket says it is TCP; with proto 0 each keep-alive answer waited ~40 ms (Nagle + the
-    # client's delayed ACK) between its header and body writes.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as err:
-        sock.close()
-        raise OSError(f"cannot listen for HTTP on {host}:{port} (port taken?): {err}") from err
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
 
 
 async def start_http_api(router: RouterServer, settings: Settings) -> HttpServer:
