@@ -23,6 +23,7 @@ from oss_serve.workers.engine.scheduler_output import (
     TokenLogprobs,
 )
 from oss_serve.workers.lora.runtime import LoRARuntime
+from oss_serve.workers.runner.cpu_allocator import keep_step_buffers_in_heap
 from oss_serve.workers.runner.cpu_threads import CpuThreadPolicy
 from oss_serve.workers.runner.cuda_graphs import (
     DecodeGraphs,
@@ -83,6 +84,8 @@ class ModelRunner:
         self._projection: VocabProjection | None = None
         is_cpu = self.device.type == "cpu"
         self.cpu_threads = CpuThreadPolicy(cpu_threads) if is_cpu else None
+        if is_cpu:
+            keep_step_buffers_in_heap()
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         """One tensor per layer rank-in-group; layer j of each group shares tensor j."""

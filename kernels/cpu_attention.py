@@ -1,0 +1,88 @@
+"""Paged attention on the CPU through the C kernel in csrc/paged_attention.c.
+
+It reads keys and values in place through the block table, so a decode step costs one pass
+over each sequence's cache instead of gathered copies, masks and a padded softmax; prefill
+chunks (several queries per sequence) take the same kernel. fp32 queries and caches only:
+callers keep the torch path for other dtypes, or when the kernel can't be built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from .native_build import load
+
+_float_p = ctypes.POINTER(ctypes.c_float)
+_int32_p = ctypes.POINTER(ctypes.c_int32)
+
+
+@functools.cache
+def _kernel() -> ctypes._NamedFuncPointer | None:
+    library = load("paged_attention")
+    if library is None:
+        return None
+    function = library.oss_paged_attention_f32
+    function.restype = ctypes.c_int
+    function.argtypes = [
+        _float_p, _float_p, _float_p, _int32_p, ctypes.c_int64, _int32_p, _int32_p, _int32_p,
+        _float_p, ctypes.c_float, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
+        ctypes.c_int32, ctypes.c_int32, _float_p, ctypes.c_int32,
+    ]  # fmt: skip
+    return function
+
+
+def supports(query: torch.Tensor, kv_cache: torch.Tensor, sinks: torch.Tensor) -> bool:
+    """Whether the C kernel takes this call (fp32 CPU tensors, and it could be built)."""
+    return (
+        query.device.type == "cpu"
+        and kv_cache.device.type == "cpu"
+        and query.dtype == torch.float32
+        and kv_cache.dtype == torch.float32
+        and kv_cache.is_contiguous()
+        and not torch.is_grad_enabled()
+        and _kernel() is not None
+    )
+
+
+def paged_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    sinks: torch.Tensor,
+    *,
+    sm_scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor | None:
+    """query [N, q_heads, head_dim] over the cache; None when a shape is past the kernel's
+    limits (GQA group > 16, head_dim > 256), so the caller takes its torch path."""
+    kernel = _kernel()
+    assert kernel is not None, "call supports() first"
+    num_tokens, q_heads, head_dim = query.shape
+    block_size, kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    query = query.contiguous()
+    table = block_table.to(torch.int32).contiguous()
+    lens = seq_lens.to(torch.int32).contiguous()
+    starts = query_start_loc.to(torch.int32).contiguous()
+    query_lens = starts[1:] - starts[:-1]
+    token_seq = torch.repeat_interleave(
+        torch.arange(lens.shape[0], dtype=torch.int32), query_lens, output_size=num_tokens
+    )
+    sink = sinks.to(torch.float32).contiguous()
+    out = torch.empty_like(query)
+    status = kernel(
+        _ptr(query, _float_p), _ptr(kv_cache[0], _float_p), _ptr(kv_cache[1], _float_p),
+        _ptr(table, _int32_p), table.shape[1], _ptr(lens, _int32_p), _ptr(starts, _int32_p),
+        _ptr(token_seq, _int32_p), _ptr(sink, _float_p), sm_scale, sliding_window or 0,
+        num_tokens, q_heads, kv_heads, head_dim, block_size, _ptr(out, _float_p),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out if status == 0 else None
+
+
+def _ptr(tensor: torch.Tensor, kind: type) -> ctypes._Pointer:
+    return ctypes.cast(tensor.data_ptr(), kind)

@@ -1,0 +1,96 @@
+"""Compiles the CPU kernels written in C (kernels/csrc/*.c) on the machine that runs them.
+
+They are built on first use with the system C compiler, for this CPU's instruction set
+(`-march=native`), and the shared library is cached under `$OSS_SERVE_KERNEL_CACHE` (default
+`~/.cache/oss-serve/kernels`), keyed by the source, the flags and the compiler's version, so a
+restart loads it in milliseconds. Without a compiler (or when `OSS_SERVE_NATIVE_KERNELS=0`)
+`load` returns None and callers keep their torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SOURCE_DIR = Path(__file__).with_name("csrc")
+CACHE_ENV = "OSS_SERVE_KERNEL_CACHE"
+ENABLE_ENV = "OSS_SERVE_NATIVE_KERNELS"
+# reassociation lets the compiler vectorise the dot products' sums; infinities keep their meaning
+FLAGS = (
+    "-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno",
+    "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+)  # fmt: skip
+
+
+def native_kernels_enabled() -> bool:
+    return os.environ.get(ENABLE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "oss-serve" / "kernels"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _compiler_version(compiler: str) -> str:
+    result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
+    return result.stdout.splitlines()[0] if result.stdout else compiler
+
+
+@functools.cache
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled `csrc/<name>.c` (built now if not cached), or None where it can't be built."""
+    if not native_kernels_enabled():
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        logger.warning("no C compiler found: the CPU kernel %s falls back to torch", name)
+        return None
+    source = (SOURCE_DIR / f"{name}.c").read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(compiler).encode()])
+    ).hexdigest()[:16]
+    library = cache_dir() / f"{name}-{key}.so"
+    if not library.exists():
+        try:
+            _compile(compiler, SOURCE_DIR / f"{name}.c", library)
+        except (OSError, subprocess.SubprocessError) as error:
+            logger.warning("building the CPU kernel %s failed (%s): torch path used", name, error)
+            return None
+    return ctypes.CDLL(str(library))
+
+
+def _compile(compiler: str, source: Path, library: Path) -> None:
+    """Compile into a temporary file and rename it: concurrent builders never see half a file."""
+    library.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=library.parent, suffix=".so.partial")
+    os.close(handle)
+    try:
+        result = subprocess.run(
+            [compiler, *FLAGS, str(source), "-o", partial, "-lm"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise subprocess.SubprocessError(result.stderr.strip()[-2000:])
+        os.replace(partial, library)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
