@@ -3,7 +3,8 @@
 Expert weights come either dense ([E, out, in], like nn.Linear) or packed MXFP4 (blocks +
 scales, see kernels.mxfp4). An expert-parallel rank holds experts
 [expert_start, expert_start + E_local) and returns only their share of each token's output;
-the caller sums the shares across ranks.
+the caller sums the shares across ranks. On the CPU, small fp32 batches of dense experts run
+the C kernel of kernels.cpu_moe; the torch paths below serve the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import cpu_moe
 from .backend import use_triton
 from .lora import MoELoRA, add_lora
 from .mxfp4 import dequantize_mxfp4
@@ -63,6 +65,13 @@ def moe_experts(
         from . import triton_moe
 
         implementation = triton_moe.moe_experts
+    elif cpu_moe.supports(x, w1, w1_scales):
+        out = cpu_moe.moe_experts(
+            x, topk_weights, topk_ids, w1, b1, w2, b2,
+            swiglu_alpha=swiglu_alpha, swiglu_limit=swiglu_limit, expert_start=expert_start,
+        )  # fmt: skip
+        if out is not None:
+            return out
     return implementation(
         x,
         topk_weights,
