@@ -47,7 +47,8 @@ def test_an_mxfp4_checkpoint_runs_with_dense_experts_on_cpu_and_the_same_logits(
             model(ids[0], torch.arange(30), AttentionMetadata.for_full_sequences([30]))
         )
         assert model.experts_format == ("dense" if experts_format == "auto" else "mxfp4")
-    assert torch.equal(logits["auto"], logits["mxfp4"])
+    # dense experts take the C kernel, MXFP4 ones the grouped GEMMs: fp32, another sum order
+    torch.testing.assert_close(logits["auto"], logits["mxfp4"], atol=1e-5, rtol=1e-5)
 
 
 def test_greedy_rows_take_the_chunked_argmax_and_get_the_samplers_tokens(tmp_path):

@@ -114,12 +114,16 @@ def test_experts_convert_between_mxfp4_and_dense_at_load(tmp_path):
         assert (a - b).abs().max() <= 1e-5
     save_checkpoint(dense, SMALL, tmp_path / "dense", "hf-dense")
     repacked = load_model(tmp_path / "dense", dtype=torch.float32, experts_format="mxfp4")
-    for a, b in ((repacked, packed), (repacked, dense)):  # MXFP4 values re-encode exactly
+    # MXFP4 values re-encode exactly: the same logprobs as the packed original, and as the
+    # dense model up to the sum order of the CPU's dense-experts kernel
+    for a, b, tolerance in ((repacked, packed, 0.0), (repacked, dense, 1e-5)):
         prompts_a, prompts_b = (
             full_sequence_logprobs(a, prompts),
             full_sequence_logprobs(b, prompts),
         )
-        assert all(torch.equal(x, y) for x, y in zip(prompts_a, prompts_b, strict=True))
+        assert all(
+            (x - y).abs().max() <= tolerance for x, y in zip(prompts_a, prompts_b, strict=True)
+        )
     blocks, scales = repacked.layers[1].mlp.experts.weights("down_proj")
     assert scales is not None
     assert torch.equal(dequantize_mxfp4(blocks, scales, torch.float32), expected)
