@@ -6,13 +6,16 @@ step on a CPU. Two things make it cheaper there: the weight's chunks are packed 
 into oneDNN's blocked layout (the form its GEMM reads fastest, as vLLM's CPU path does),
 and a greedy row needs only its best token, so each chunk's logits, small enough to stay
 in cache, are reduced to a running (max, argmax) and never written out whole. Ties go to
-the lower token id, as torch.argmax does. On other devices (or without oneDNN) the chunks
+the lower token id, as torch.argmax does (on the CPU the running argmax is the C kernel of
+kernels.cpu_argmax). On other devices (or without oneDNN) the chunks
 are plain slices of the weight and the same code runs with torch.mm.
 """
 
 from __future__ import annotations
 
 import torch
+
+from . import cpu_argmax
 
 CHUNK_ROWS = 16384  # vocabulary rows per chunk: [batch, chunk] fp32 logits stay in L2/L3
 PACK_BATCH_HINT = 64  # the batch size oneDNN tunes its packed layout for (any batch works)
@@ -78,8 +81,13 @@ class VocabProjection:
         rows = hidden.shape[0]
         best = torch.full((rows,), float("-inf"), dtype=torch.float32, device=hidden.device)
         best_ids = torch.zeros(rows, dtype=torch.int64, device=hidden.device)
+        native = hidden.device.type == "cpu" and cpu_argmax.available()
         for index in range(len(self.chunks)):
-            values, ids = self._chunk_logits(hidden, index).max(dim=-1)
+            logits = self._chunk_logits(hidden, index)
+            if native and logits.dtype == torch.float32 and logits.stride(-1) == 1:
+                cpu_argmax.update(logits, index * self.chunk_rows, best, best_ids)
+                continue
+            values, ids = logits.max(dim=-1)
             better = values.float() > best  # strictly: an equal later logit keeps the lower id
             best = torch.where(better, values.float(), best)
             best_ids = torch.where(better, ids + index * self.chunk_rows, best_ids)
