@@ -27,7 +27,7 @@ def _kernel() -> ctypes._NamedFuncPointer | None:
     function = library.oss_paged_attention_f32
     function.restype = ctypes.c_int
     function.argtypes = [
-        _float_p, _float_p, _float_p, _int32_p, ctypes.c_int64, _int32_p, _int32_p, _int32_p,
+        _float_p, _float_p, _float_p, _int32_p, ctypes.c_int64, _int32_p, _int32_p, ctypes.c_int32,
         _float_p, ctypes.c_float, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
         ctypes.c_int32, ctypes.c_int32, _float_p, ctypes.c_int32,
     ]  # fmt: skip
@@ -68,16 +68,14 @@ def paged_attention(
     table = block_table.to(torch.int32).contiguous()
     lens = seq_lens.to(torch.int32).contiguous()
     starts = query_start_loc.to(torch.int32).contiguous()
-    query_lens = starts[1:] - starts[:-1]
-    token_seq = torch.repeat_interleave(
-        torch.arange(lens.shape[0], dtype=torch.int32), query_lens, output_size=num_tokens
-    )
     sink = sinks.to(torch.float32).contiguous()
     out = torch.empty_like(query)
+    keys = kv_cache.data_ptr()
+    values = keys + kv_cache.stride(0) * kv_cache.element_size()
     status = kernel(
-        _ptr(query, _float_p), _ptr(kv_cache[0], _float_p), _ptr(kv_cache[1], _float_p),
+        _ptr(query, _float_p), ctypes.cast(keys, _float_p), ctypes.cast(values, _float_p),
         _ptr(table, _int32_p), table.shape[1], _ptr(lens, _int32_p), _ptr(starts, _int32_p),
-        _ptr(token_seq, _int32_p), _ptr(sink, _float_p), sm_scale, sliding_window or 0,
+        lens.shape[0], _ptr(sink, _float_p), sm_scale, sliding_window or 0,
         num_tokens, q_heads, kv_heads, head_dim, block_size, _ptr(out, _float_p),
         torch.get_num_threads(),
     )  # fmt: skip

@@ -2,8 +2,8 @@
 
 They are built on first use with the system C compiler, for this CPU's instruction set
 (`-march=native`), and the shared library is cached under `$OSS_SERVE_KERNEL_CACHE` (default
-`~/.cache/oss-serve/kernels`), keyed by the source, the flags and the compiler's version, so a
-restart loads it in milliseconds. Without a compiler (or when `OSS_SERVE_NATIVE_KERNELS=0`)
+`~/.cache/oss-serve/kernels`), keyed by the source, the flags, the compiler's version and the
+CPU, so a restart loads it in milliseconds. Without a compiler (or when `OSS_SERVE_NATIVE_KERNELS=0`)
 `load` returns None and callers keep their torch path.
 """
 
@@ -14,6 +14,7 @@ import functools
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -55,6 +56,17 @@ def _compiler_version(compiler: str) -> str:
     return result.stdout.splitlines()[0] if result.stdout else compiler
 
 
+def _cpu_signature() -> str:
+    """What `-march=native` compiles for: a library built on another CPU (a shared home
+    directory, a baked image) must not be loaded here."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
 @functools.cache
 def load(name: str) -> ctypes.CDLL | None:
     """The compiled `csrc/<name>.c` (built now if not cached), or None where it can't be built."""
@@ -66,7 +78,14 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     source = (SOURCE_DIR / f"{name}.c").read_bytes()
     key = hashlib.sha256(
-        b"\0".join([source, " ".join(FLAGS).encode(), _compiler_version(compiler).encode()])
+        b"\0".join(
+            [
+                source,
+                " ".join(FLAGS).encode(),
+                _compiler_version(compiler).encode(),
+                _cpu_signature().encode(),
+            ]
+        )  # fmt: skip
     ).hexdigest()[:16]
     library = cache_dir() / f"{name}-{key}.so"
     if not library.exists():

@@ -26,7 +26,7 @@ typedef struct {
     int64_t table_stride;
     const int32_t *seq_lens;         /* [num_seqs] keys after this step */
     const int32_t *query_start_loc;  /* [num_seqs + 1] */
-    const int32_t *token_seq;        /* [num_tokens] which sequence owns each token */
+    int32_t num_seqs;
     const float *sinks;              /* [q_heads] */
     float sm_scale;
     int32_t sliding_window; /* 0: full attention */
@@ -34,12 +34,23 @@ typedef struct {
     float *out; /* [num_tokens, q_heads, head_dim] */
 } Job;
 
+/* the sequence whose queries include `token`: a binary search of the start offsets */
+static inline int owner(const int32_t *query_start_loc, int num_seqs, int token) {
+    int lo = 0, hi = num_seqs - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (query_start_loc[mid] <= token) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
 /* `dim` is a constant where the caller passes one: the loops over it unroll. */
 static inline __attribute__((always_inline)) void attend_item(const Job *job, int item,
                                                               const int dim) {
     const int token = item / job->kv_heads, kv_head = item % job->kv_heads;
     const int group = job->q_heads / job->kv_heads;
-    const int seq = job->token_seq[token];
+    const int seq = owner(job->query_start_loc, job->num_seqs, token);
     const int q_lo = job->query_start_loc[seq], q_hi = job->query_start_loc[seq + 1];
     const int position = job->seq_lens[seq] - (q_hi - q_lo) + (token - q_lo);
     int first = 0;
@@ -114,7 +125,7 @@ static void attend_any(const Job *job, int item) {
 int oss_paged_attention_f32(const float *query, const float *key_cache, const float *value_cache,
                             const int32_t *block_table, int64_t table_stride,
                             const int32_t *seq_lens, const int32_t *query_start_loc,
-                            const int32_t *token_seq, const float *sinks, float sm_scale,
+                            int32_t num_seqs, const float *sinks, float sm_scale,
                             int32_t sliding_window, int32_t num_tokens, int32_t q_heads,
                             int32_t kv_heads, int32_t head_dim, int32_t block_size, float *out,
                             int32_t num_threads) {
@@ -122,7 +133,7 @@ int oss_paged_attention_f32(const float *query, const float *key_cache, const fl
         head_dim > MAX_HEAD_DIM || block_size <= 0)
         return -1;
     const Job job = {query,           key_cache, value_cache, block_table, table_stride,
-                     seq_lens,        query_start_loc, token_seq, sinks, sm_scale,
+                     seq_lens,        query_start_loc, num_seqs, sinks, sm_scale,
                      sliding_window,  num_tokens, q_heads, kv_heads, head_dim, block_size, out};
     const int items = num_tokens * kv_heads;
     /* torch's own OpenMP pool runs the items (this library links the same libgomp) */
