@@ -85,7 +85,7 @@ def load(name: str) -> ctypes.CDLL | None:
                 _compiler_version(compiler).encode(),
                 _cpu_signature().encode(),
             ]
-        )  # fmt: skip
+        )
     ).hexdigest()[:16]
     library = cache_dir() / f"{name}-{key}.so"
     if not library.exists():
