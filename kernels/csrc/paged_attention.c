@@ -77,16 +77,28 @@ static inline __attribute__((always_inline)) void attend_item(const Job *job, in
         const int64_t base = (int64_t)table[start / job->block_size] * block_stride +
                              (int64_t)offset * token_stride + (int64_t)kv_head * dim;
         const float *keys = job->key_cache + base, *values = job->value_cache + base;
-        for (int g = 0; g < group; g++) {
-            const float *qg = q + g * dim;
-            float *scores = probs + g * MAX_RUN, run_max = -INFINITY;
+        /* scores of four heads at a time against each key: four independent sums */
+        int g = 0;
+        for (; g + 4 <= group; g += 4)
             for (int t = 0; t < run; t++) {
                 const float *k = keys + t * token_stride;
+                const float *q0 = q + g * dim, *q1 = q0 + dim, *q2 = q1 + dim, *q3 = q2 + dim;
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+                for (int d = 0; d < dim; d++)
+                    s0 += q0[d] * k[d], s1 += q1[d] * k[d], s2 += q2[d] * k[d], s3 += q3[d] * k[d];
+                probs[g * MAX_RUN + t] = s0, probs[(g + 1) * MAX_RUN + t] = s1;
+                probs[(g + 2) * MAX_RUN + t] = s2, probs[(g + 3) * MAX_RUN + t] = s3;
+            }
+        for (; g < group; g++)
+            for (int t = 0; t < run; t++) {
+                const float *k = keys + t * token_stride, *qg = q + g * dim;
                 float dot = 0.0f;
                 for (int d = 0; d < dim; d++) dot += qg[d] * k[d];
-                scores[t] = dot;
-                if (dot > run_max) run_max = dot;
+                probs[g * MAX_RUN + t] = dot;
             }
+        for (int g = 0; g < group; g++) {
+            float *scores = probs + g * MAX_RUN, run_max = -INFINITY;
+            for (int t = 0; t < run; t++) run_max = scores[t] > run_max ? scores[t] : run_max;
             if (run_max > running_max[g]) {
                 const float rescale = expf(running_max[g] - run_max);
                 denominator[g] *= rescale;
