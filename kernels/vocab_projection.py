@@ -78,6 +78,10 @@ class VocabProjection:
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor:
         """Each row's greedy token id [M] int64 (= logits(hidden).argmax(-1))."""
         hidden = hidden.to(self.weight.dtype).contiguous()
+        if hidden.device.type == "cpu":
+            direct = cpu_argmax.vocab_argmax(hidden, self.weight, self.vocab_size)
+            if direct is not None:
+                return direct
         rows = hidden.shape[0]
         best = torch.full((rows,), float("-inf"), dtype=torch.float32, device=hidden.device)
         best_ids = torch.zeros(rows, dtype=torch.int64, device=hidden.device)

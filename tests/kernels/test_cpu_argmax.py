@@ -28,3 +28,31 @@ def test_chunk_by_chunk_equals_torch_argmax(rows, cols, chunk):
     assert torch.equal(best_ids, logits.argmax(dim=-1))
     assert torch.equal(best, logits.amax(dim=-1))
     assert best_ids[0] == 5
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize(("vocab", "dim"), [(10_003, 64), (4101, 24), (5, 8)])
+def test_reading_the_weight_once_equals_torch_argmax(monkeypatch, rows, vocab, dim):
+    """Vocabularies that are no multiple of four or of the threads' shares, dims that are no
+    multiple of eight (the generic loop), and a tie between far apart ids (the first wins)."""
+    monkeypatch.setattr(cpu_argmax, "MAX_DIRECT_ROWS", 4)
+    g = torch.Generator().manual_seed(vocab + rows)
+    weight = torch.randn(vocab + 3, dim, generator=g)  # rows past vocab_size are ignored
+    hidden = torch.randn(rows, dim, generator=g)
+    weight[vocab - 1] = weight[1] = hidden[0] * 10  # the same, highest logit for row 0
+    ids = cpu_argmax.vocab_argmax(hidden, weight, vocab)
+    assert ids is not None
+    # row 0's tie is exact here; a library GEMM may round the two copies apart
+    assert ids[0] == 1
+    assert torch.equal(ids[1:], (hidden[1:] @ weight[:vocab].T).argmax(dim=-1))
+
+
+def test_the_direct_read_takes_only_what_it_handles():
+    weight, hidden = torch.randn(100, 16), torch.randn(1, 16)
+    assert cpu_argmax.vocab_argmax(hidden, weight, 100) is not None
+    assert (
+        cpu_argmax.vocab_argmax(hidden.repeat(cpu_argmax.MAX_DIRECT_ROWS + 1, 1), weight, 100)
+        is None
+    )
+    assert cpu_argmax.vocab_argmax(hidden.half(), weight.half(), 100) is None
+    assert cpu_argmax.vocab_argmax(hidden, weight.t().contiguous().t(), 100) is None
