@@ -1,15 +1,17 @@
-"""Fused forms of two model steps, for the model to adopt: each does in one pass what two
-kernel calls do, with the same result.
+"""Fused forms of two model steps: each does in one pass what two kernel calls do, with the
+same result.
 
 - `add_rms_norm`: the residual add before a norm, and the norm (gpt-oss does this twice
   per layer: `x = x + attn(...)`, then `post_attention_layernorm(x)`).
-- `rope_qk_`: q and k rotated in place in one launch instead of two new tensors.
+- `rope_qk_`: q and k rotated in place in one launch instead of two new tensors (on the CPU,
+  fp32: the C kernel of kernels.cpu_rope).
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import cpu_rope
 from .backend import use_triton
 from .norm import rms_norm_ref
 from .rope import apply_rope_ref
@@ -41,6 +43,9 @@ def rope_qk_(
         from . import triton_rope
 
         return triton_rope.rope_qk_(q, k, cos, sin)
+    if cpu_rope.supports(q, k, cos, sin):
+        cpu_rope.rope_qk_(q, k, cos, sin)
+        return q, k
     return rope_qk_ref_(q, k, cos, sin)
 
 

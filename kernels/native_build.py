@@ -25,10 +25,11 @@ logger = logging.getLogger(__name__)
 SOURCE_DIR = Path(__file__).with_name("csrc")
 CACHE_ENV = "OSS_SERVE_KERNEL_CACHE"
 ENABLE_ENV = "OSS_SERVE_NATIVE_KERNELS"
-# reassociation lets the compiler vectorise the dot products' sums; infinities keep their meaning
+# reassociation lets the compiler vectorise the dot products' sums; infinities keep their
+# meaning; no contraction into FMAs where a kernel must round each product as torch does
 FLAGS = (
-    "-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno",
-    "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+    "-O3", "-march=native", "-std=c11", "-shared", "-fPIC", "-fopenmp", "-ffp-contract=off",
+    "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
 )  # fmt: skip
 
 

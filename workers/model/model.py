@@ -18,11 +18,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from oss_serve.kernels.attention import paged_attention, store_kv, varlen_attention
-from oss_serve.kernels.fused import add_rms_norm
+from oss_serve.kernels.fused import add_rms_norm, rope_qk_
 from oss_serve.kernels.lora import MoELoRA
 from oss_serve.kernels.moe import moe_experts, route
 from oss_serve.kernels.norm import rms_norm
-from oss_serve.kernels.rope import apply_rope
 from oss_serve.workers.model.attention_metadata import SLIDING_ATTENTION, AttentionMetadata
 from oss_serve.workers.model.config import ModelConfig
 from oss_serve.workers.model.parallel import SINGLE_PROCESS, ParallelContext
@@ -133,8 +132,12 @@ class Attention(nn.Module):
         kv_cache: torch.Tensor | None,
     ) -> torch.Tensor:
         num_tokens = x.shape[0]
-        q = apply_rope(self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim), cos, sin)
+        q, k = rope_qk_(  # the projections' outputs are fresh tensors: rotated in place
+            self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim),
+            self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim),
+            cos,
+            sin,
+        )
         v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)
         window = {"sm_scale": self.sm_scale, "sliding_window": self.sliding_window}
         if kv_cache is None:

@@ -1,0 +1,55 @@
+"""Rotary embedding of q and k in place on the CPU, through csrc/rope.c: bit-for-bit
+kernels.rope.apply_rope_ref, in one call instead of about a dozen small torch ops per tensor
+(which, for a decode step of a few tokens, cost more than the arithmetic)."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from .native_build import load
+
+_float_p = ctypes.POINTER(ctypes.c_float)
+
+
+@functools.cache
+def _kernel() -> ctypes._NamedFuncPointer | None:
+    library = load("rope")
+    if library is None:
+        return None
+    function = library.oss_rope_qk_f32
+    function.restype = None
+    i32, i64 = ctypes.c_int32, ctypes.c_int64
+    function.argtypes = [_float_p, i32, i64, _float_p, i32, i64, i64, i32, _float_p, _float_p, i32]
+    return function
+
+
+def _rows_packed(x: torch.Tensor) -> bool:
+    """[tokens, heads, head_dim] with each token's heads packed (any token stride)."""
+    return x.stride(2) == 1 and x.stride(1) == x.shape[2]
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    return (
+        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, cos, sin))
+        and _rows_packed(q)
+        and _rows_packed(k)
+        and not torch.is_grad_enabled()
+        and _kernel() is not None
+    )
+
+
+def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate q [tokens, q_heads, d] and k [tokens, kv_heads, d] in place; cos/sin
+    [tokens, d/2] fp32. Call `supports` first."""
+    kernel = _kernel()
+    assert kernel is not None
+    cos, sin = cos.contiguous(), sin.contiguous()
+    kernel(
+        ctypes.cast(q.data_ptr(), _float_p), q.shape[1], q.stride(0),
+        ctypes.cast(k.data_ptr(), _float_p), k.shape[1], k.stride(0), q.shape[0], q.shape[2],
+        ctypes.cast(cos.data_ptr(), _float_p), ctypes.cast(sin.data_ptr(), _float_p),
+        torch.get_num_threads(),
+    )  # fmt: skip
