@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_rope
+from . import cpu_norm, cpu_rope
 from .backend import use_triton
 from .norm import rms_norm_ref
 from .rope import apply_rope_ref
@@ -25,6 +25,8 @@ def add_rms_norm(
         from . import triton_norm
 
         return triton_norm.add_rms_norm(x, residual, weight, eps)
+    if cpu_norm.supports(x, residual, weight):
+        return cpu_norm.add_rms_norm(x, residual, weight, eps)
     return add_rms_norm_ref(x, residual, weight, eps)
 
 

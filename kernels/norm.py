@@ -1,9 +1,11 @@
-"""RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32, returned in x's dtype."""
+"""RMSNorm: y = x / sqrt(mean(x^2) + eps) * weight, computed in fp32, returned in x's dtype
+(on the CPU, for fp32, the C kernel of kernels.cpu_norm)."""
 
 from __future__ import annotations
 
 import torch
 
+from . import cpu_norm
 from .backend import use_triton
 
 
@@ -13,6 +15,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         from . import triton_norm
 
         return triton_norm.rms_norm(x, weight, eps)
+    if cpu_norm.supports(x, weight):
+        return cpu_norm.rms_norm(x, weight, eps)
     return rms_norm_ref(x, weight, eps)
 
 
