@@ -9,29 +9,19 @@ callers keep the torch path for other dtypes, or when the kernel can't be built.
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 
-from .native_build import load
+from .native_build import FLOAT, INT32, INT64, POINTER, function
 
-_float_p = ctypes.POINTER(ctypes.c_float)
-_int32_p = ctypes.POINTER(ctypes.c_int32)
+_SIGNATURE = (
+    POINTER, POINTER, POINTER, POINTER, INT64, POINTER, POINTER, INT32, POINTER, FLOAT, INT32,
+    INT32, INT32, INT32, INT32, INT32, POINTER, INT32,
+)  # fmt: skip
 
 
-@functools.cache
 def _kernel() -> ctypes._NamedFuncPointer | None:
-    library = load("paged_attention")
-    if library is None:
-        return None
-    function = library.oss_paged_attention_f32
-    function.restype = ctypes.c_int
-    function.argtypes = [
-        _float_p, _float_p, _float_p, _int32_p, ctypes.c_int64, _int32_p, _int32_p, ctypes.c_int32,
-        _float_p, ctypes.c_float, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,
-        ctypes.c_int32, ctypes.c_int32, _float_p, ctypes.c_int32,
-    ]  # fmt: skip
-    return function
+    return function("paged_attention", "oss_paged_attention_f32", _SIGNATURE, ctypes.c_int)
 
 
 def supports(query: torch.Tensor, kv_cache: torch.Tensor, sinks: torch.Tensor) -> bool:
@@ -73,14 +63,9 @@ def paged_attention(
     keys = kv_cache.data_ptr()
     values = keys + kv_cache.stride(0) * kv_cache.element_size()
     status = kernel(
-        _ptr(query, _float_p), ctypes.cast(keys, _float_p), ctypes.cast(values, _float_p),
-        _ptr(table, _int32_p), table.shape[1], _ptr(lens, _int32_p), _ptr(starts, _int32_p),
-        lens.shape[0], _ptr(sink, _float_p), sm_scale, sliding_window or 0,
-        num_tokens, q_heads, kv_heads, head_dim, block_size, _ptr(out, _float_p),
+        query.data_ptr(), keys, values, table.data_ptr(), table.shape[1], lens.data_ptr(),
+        starts.data_ptr(), lens.shape[0], sink.data_ptr(), sm_scale, sliding_window or 0,
+        num_tokens, q_heads, kv_heads, head_dim, block_size, out.data_ptr(),
         torch.get_num_threads(),
     )  # fmt: skip
     return out if status == 0 else None
-
-
-def _ptr(tensor: torch.Tensor, kind: type) -> ctypes._Pointer:
-    return ctypes.cast(tensor.data_ptr(), kind)

@@ -9,34 +9,24 @@ on torch's OpenMP threads. Dense fp32 experts only; larger batches keep the grou
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 
-from .native_build import load
+from .native_build import FLOAT, INT32, POINTER, function
 
 # tokens per step up to which the kernel beats one GEMM per expert (measured on the
 # side-by-side checkpoint, 8 experts top-2, hidden 256: 1.7 against 1.9 ms at 128 tokens,
 # 3.2 against 3.0 ms at 256)
 MAX_TOKENS = 128
 
-_float_p = ctypes.POINTER(ctypes.c_float)
-_int64_p = ctypes.POINTER(ctypes.c_int64)
+_SIGNATURE = (
+    POINTER, INT32, INT32, POINTER, POINTER, INT32, POINTER, POINTER, POINTER, POINTER, INT32,
+    INT32, INT32, FLOAT, FLOAT, POINTER, INT32,
+)  # fmt: skip
 
 
-@functools.cache
 def _kernel() -> ctypes._NamedFuncPointer | None:
-    library = load("moe_experts")
-    if library is None:
-        return None
-    function = library.oss_moe_experts_f32
-    function.restype = ctypes.c_int
-    i32, f32 = ctypes.c_int32, ctypes.c_float
-    function.argtypes = [
-        _float_p, i32, i32, _int64_p, _float_p, i32, _float_p, _float_p, _float_p, _float_p,
-        i32, i32, i32, f32, f32, _float_p, i32,
-    ]  # fmt: skip
-    return function
+    return function("moe_experts", "oss_moe_experts_f32", _SIGNATURE, ctypes.c_int)
 
 
 def supports(x: torch.Tensor, w1: torch.Tensor, w1_scales: torch.Tensor | None) -> bool:
@@ -74,12 +64,8 @@ def moe_experts(
     weights = topk_weights.to(torch.float32).contiguous()
     out = torch.empty_like(x)
     status = kernel(
-        _ptr(x), x.shape[0], x.shape[1], ctypes.cast(ids.data_ptr(), _int64_p), _ptr(weights),
-        ids.shape[1], _ptr(w1), _ptr(b1), _ptr(w2), _ptr(b2), w1.shape[0], expert_start,
-        w2.shape[2], swiglu_alpha, swiglu_limit, _ptr(out), torch.get_num_threads(),
+        x.data_ptr(), x.shape[0], x.shape[1], ids.data_ptr(), weights.data_ptr(), ids.shape[1],
+        w1.data_ptr(), b1.data_ptr(), w2.data_ptr(), b2.data_ptr(), w1.shape[0], expert_start,
+        w2.shape[2], swiglu_alpha, swiglu_limit, out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out if status == 0 else None
-
-
-def _ptr(tensor: torch.Tensor) -> ctypes._Pointer:
-    return ctypes.cast(tensor.data_ptr(), _float_p)

@@ -6,27 +6,16 @@ squares."""
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 
-from .native_build import load
+from .native_build import FLOAT, INT32, INT64, POINTER, function
 
-_float_p = ctypes.POINTER(ctypes.c_float)
+_SIGNATURE = (POINTER, POINTER, POINTER, POINTER, FLOAT, INT64, INT32, POINTER, INT32)
 
 
-@functools.cache
 def _kernel() -> ctypes._NamedFuncPointer | None:
-    library = load("rms_norm")
-    if library is None:
-        return None
-    function = library.oss_rms_norm_f32
-    function.restype = None
-    function.argtypes = [
-        _float_p, _float_p, _float_p, _float_p, ctypes.c_float, ctypes.c_int64, ctypes.c_int32,
-        _float_p, ctypes.c_int32,
-    ]  # fmt: skip
-    return function
+    return function("rms_norm", "oss_rms_norm_f32", _SIGNATURE)
 
 
 def supports(*tensors: torch.Tensor) -> bool:
@@ -64,10 +53,8 @@ def _run(
         summed = torch.empty_like(x)
     dim = x.shape[-1]
     kernel(
-        ctypes.cast(x.data_ptr(), _float_p),
-        None if residual is None else ctypes.cast(residual.data_ptr(), _float_p),
-        None if summed is None else ctypes.cast(summed.data_ptr(), _float_p),
-        ctypes.cast(weight.data_ptr(), _float_p), eps, x.numel() // max(dim, 1), dim,
-        ctypes.cast(out.data_ptr(), _float_p), torch.get_num_threads(),
+        x.data_ptr(), None if residual is None else residual.data_ptr(),
+        None if summed is None else summed.data_ptr(), weight.data_ptr(), eps,
+        x.numel() // max(dim, 1), dim, out.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
     return out, summed

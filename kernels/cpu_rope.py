@@ -5,25 +5,16 @@ kernels.rope.apply_rope_ref, in one call instead of about a dozen small torch op
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import torch
 
-from .native_build import load
+from .native_build import INT32, INT64, POINTER, function
 
-_float_p = ctypes.POINTER(ctypes.c_float)
+_SIGNATURE = (POINTER, INT32, INT64, POINTER, INT32, INT64, INT64, INT32, POINTER, POINTER, INT32)
 
 
-@functools.cache
 def _kernel() -> ctypes._NamedFuncPointer | None:
-    library = load("rope")
-    if library is None:
-        return None
-    function = library.oss_rope_qk_f32
-    function.restype = None
-    i32, i64 = ctypes.c_int32, ctypes.c_int64
-    function.argtypes = [_float_p, i32, i64, _float_p, i32, i64, i64, i32, _float_p, _float_p, i32]
-    return function
+    return function("rope", "oss_rope_qk_f32", _SIGNATURE)
 
 
 def _rows_packed(x: torch.Tensor) -> bool:
@@ -48,8 +39,6 @@ def rope_qk_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     assert kernel is not None
     cos, sin = cos.contiguous(), sin.contiguous()
     kernel(
-        ctypes.cast(q.data_ptr(), _float_p), q.shape[1], q.stride(0),
-        ctypes.cast(k.data_ptr(), _float_p), k.shape[1], k.stride(0), q.shape[0], q.shape[2],
-        ctypes.cast(cos.data_ptr(), _float_p), ctypes.cast(sin.data_ptr(), _float_p),
-        torch.get_num_threads(),
+        q.data_ptr(), q.shape[1], q.stride(0), k.data_ptr(), k.shape[1], k.stride(0), q.shape[0],
+        q.shape[2], cos.data_ptr(), sin.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip

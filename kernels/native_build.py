@@ -68,6 +68,23 @@ def _cpu_signature() -> str:
         return platform.machine() + platform.processor()
 
 
+# argument types of the kernels' C signatures: tensors pass as `tensor.data_ptr()`
+POINTER, INT32, INT64, FLOAT = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_float
+
+
+@functools.cache
+def function(
+    name: str, symbol: str, argtypes: tuple[type, ...], restype: type | None = None
+) -> ctypes._NamedFuncPointer | None:
+    """`symbol` of the compiled `csrc/<name>.c` with its C signature, or None without it."""
+    library = load(name)
+    if library is None:
+        return None
+    kernel = getattr(library, symbol)
+    kernel.argtypes, kernel.restype = list(argtypes), restype
+    return kernel
+
+
 @functools.cache
 def load(name: str) -> ctypes.CDLL | None:
     """The compiled `csrc/<name>.c` (built now if not cached), or None where it can't be built."""

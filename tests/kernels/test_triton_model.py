@@ -46,7 +46,9 @@ def triton_calls(monkeypatch):
         (triton_moe, "route"),
         (triton_moe, "moe_experts"),
         (triton_norm, "rms_norm"),
+        (triton_norm, "add_rms_norm"),
         (triton_rope, "apply_rope"),
+        (triton_rope, "rope_qk_"),
     ):
         original = getattr(module, name)
 
@@ -68,7 +70,15 @@ def test_paged_prefill_and_decode_logits_match_the_torch_path(experts_format, tr
     ran = set(triton_calls)
     with force_backend("torch"):
         torch_run = paged_logprobs(model, prompts, prompt_lens, **drive)
-    assert ran == {"paged_attention", "store_kv", "route", "moe_experts", "rms_norm", "apply_rope"}
+    assert ran == {
+        "paged_attention",
+        "store_kv",
+        "route",
+        "moe_experts",
+        "rms_norm",
+        "add_rms_norm",
+        "rope_qk_",
+    }
     assert triton_run.decode_only_steps >= 3
     for ours, expected in zip(triton_run.logprobs, torch_run.logprobs, strict=True):
         assert (ours - expected).abs().max().item() <= TOLERANCE
