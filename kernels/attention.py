@@ -8,9 +8,9 @@ Two layouts: `varlen_attention` attends among a flat batch's own new tokens (no 
 training, parity); `paged_attention` attends over a paged KV cache
 [2, num_blocks, block_size, kv_heads, head_dim] through per-sequence block tables, where the
 queries are the last tokens of their sequences (query j of a sequence with q_len queries and
-seq_len keys sits at position seq_len - q_len + j). `store_kv` writes new keys/values there. On the CPU, fp32 paged attention runs the C kernel
-of kernels.cpu_attention; the torch paths below serve other dtypes and machines without a
-compiler.
+seq_len keys sits at position seq_len - q_len + j). `store_kv` writes new keys/values there.
+On the CPU, fp32 paged attention runs the C kernel of kernels.cpu_attention; the torch paths
+below serve other dtypes and machines without a compiler.
 """
 
 from __future__ import annotations
@@ -59,22 +59,19 @@ def paged_attention(
         from . import triton_attention
 
         implementation = triton_attention.paged_attention
-    elif cpu_attention.supports(query, kv_cache, sinks):
-        out = cpu_attention.paged_attention(
-            query, kv_cache, block_table, seq_lens, query_start_loc, sinks,
-            sm_scale=sm_scale, sliding_window=sliding_window,
-        )  # fmt: skip
-        if out is not None:
-            return out
-    if (
-        implementation is paged_attention_torch
-        and max_query_len == 1
-        and (query.shape[0] == seq_lens.shape[0])
-    ):
-        return paged_decode_torch(
-            query, kv_cache, block_table, seq_lens, sinks,
-            sm_scale=sm_scale, sliding_window=sliding_window,
-        )  # fmt: skip
+    else:
+        if cpu_attention.supports(query, kv_cache, sinks):
+            out = cpu_attention.paged_attention(
+                query, kv_cache, block_table, seq_lens, query_start_loc, sinks,
+                sm_scale=sm_scale, sliding_window=sliding_window,
+            )  # fmt: skip
+            if out is not None:
+                return out
+        if max_query_len == 1 and query.shape[0] == seq_lens.shape[0]:
+            return paged_decode_torch(
+                query, kv_cache, block_table, seq_lens, sinks,
+                sm_scale=sm_scale, sliding_window=sliding_window,
+            )  # fmt: skip
     return implementation(
         query,
         kv_cache,

@@ -52,11 +52,13 @@ def _compiler() -> str | None:
     return None
 
 
+@functools.cache
 def _compiler_version(compiler: str) -> str:
     result = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30)
     return result.stdout.splitlines()[0] if result.stdout else compiler
 
 
+@functools.cache
 def _cpu_signature() -> str:
     """What `-march=native` compiles for: a library built on another CPU (a shared home
     directory, a baked image) must not be loaded here."""

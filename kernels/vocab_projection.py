@@ -7,8 +7,8 @@ into oneDNN's blocked layout (the form its GEMM reads fastest, as vLLM's CPU pat
 and a greedy row needs only its best token, so each chunk's logits, small enough to stay
 in cache, are reduced to a running (max, argmax) and never written out whole. Ties go to
 the lower token id, as torch.argmax does (on the CPU the running argmax is the C kernel of
-kernels.cpu_argmax). On other devices (or without oneDNN) the chunks
-are plain slices of the weight and the same code runs with torch.mm.
+kernels.cpu_argmax). On other devices (or without oneDNN) the chunks are plain slices of the
+weight and the same code runs with torch.mm.
 """
 
 from __future__ import annotations
