@@ -58,8 +58,7 @@ def moe_experts(
     """sum_k w_k * expert_{id_k}(x) over the local experts, or None if the kernel declined."""
     kernel = _kernel()
     assert kernel is not None, "call supports() first"
-    tensors = [t.contiguous() for t in (x, w1, b1, w2, b2)]
-    x, w1, b1, w2, b2 = [t.float() for t in tensors]
+    x, w1, b1, w2, b2 = (t.float().contiguous() for t in (x, w1, b1, w2, b2))
     ids = topk_ids.to(torch.int64).contiguous()
     weights = topk_weights.to(torch.float32).contiguous()
     out = torch.empty_like(x)

@@ -3,8 +3,8 @@
 They are built on first use with the system C compiler, for this CPU's instruction set
 (`-march=native`), and the shared library is cached under `$OSS_SERVE_KERNEL_CACHE` (default
 `~/.cache/oss-serve/kernels`), keyed by the source, the flags, the compiler's version and the
-CPU, so a restart loads it in milliseconds. Without a compiler (or when `OSS_SERVE_NATIVE_KERNELS=0`)
-`load` returns None and callers keep their torch path.
+CPU, so a restart loads it in milliseconds. Without a compiler (or when
+`OSS_SERVE_NATIVE_KERNELS=0`) `load` returns None and callers keep their torch path.
 """
 
 from __future__ import annotations
@@ -96,11 +96,11 @@ def load(name: str) -> ctypes.CDLL | None:
     if compiler is None:
         logger.warning("no C compiler found: the CPU kernel %s falls back to torch", name)
         return None
-    source = (SOURCE_DIR / f"{name}.c").read_bytes()
+    source_path = SOURCE_DIR / f"{name}.c"
     key = hashlib.sha256(
         b"\0".join(
             [
-                source,
+                source_path.read_bytes(),
                 " ".join(FLAGS).encode(),
                 _compiler_version(compiler).encode(),
                 _cpu_signature().encode(),
@@ -110,7 +110,7 @@ def load(name: str) -> ctypes.CDLL | None:
     library = cache_dir() / f"{name}-{key}.so"
     if not library.exists():
         try:
-            _compile(compiler, SOURCE_DIR / f"{name}.c", library)
+            _compile(compiler, source_path, library)
         except (OSError, subprocess.SubprocessError) as error:
             logger.warning("building the CPU kernel %s failed (%s): torch path used", name, error)
             return None

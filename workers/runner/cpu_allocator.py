@@ -5,8 +5,8 @@ glibc serves blocks above its mmap threshold with a fresh mmap and unmaps them o
 returns the heap's free top to the OS past its trim threshold, so the next step page-faults
 the same memory in again: measured here, the torch decode attention of 128 requests took
 27 ms a layer in such a run and 8 ms with the settings below (as fast as with tcmalloc,
-which vLLM preloads for the same reason). Set in-process with mallopt, so no LD_PRELOAD is needed; a
-libc other than glibc is left as it is.
+which vLLM preloads for the same reason). Set in-process with mallopt, so no LD_PRELOAD is
+needed; a libc other than glibc is left as it is.
 """
 
 from __future__ import annotations
