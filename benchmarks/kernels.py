@@ -425,7 +425,7 @@ def compile_check() -> str:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     result = subprocess.run(
-        [sys.executable, "-m", "oss_serve.kernels.compile_check"],
+        [sys.executable, "-P", "-m", "oss_serve.kernels.compile_check"],
         env=env,
         capture_output=True,
         text=True,

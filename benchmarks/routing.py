@@ -146,7 +146,7 @@ class Processes:
             OSS_SERVE_HEARTBEAT_INTERVAL_S="0.1",
             OSS_SERVE_REDIS_NAMESPACE=namespace,
         )
-        args = [sys.executable, "-m", "oss_serve.cli", "replica", "--model", "gpt-oss-tiny",
+        args = [sys.executable, "-P", "-m", "oss_serve.cli", "replica", "--model", "gpt-oss-tiny",
                 "--served-model-name", served_name, "--redis-url", self.redis_url, "--replica-id", replica_id,
                 "--max-model-len", "4096", "--kv-cache-memory", str(kv_bytes)]  # fmt: skip
         self._spawn(args, replica_id, env)

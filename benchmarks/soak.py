@@ -316,7 +316,7 @@ class UpStack:
         self.folder = folder
         self.api_key = "sk-soak-" + secrets.token_hex(8)
         self.http_port = free_port()
-        args = [sys.executable, "-m", "oss_serve.cli", "up", "--replicas", str(replicas),
+        args = [sys.executable, "-P", "-m", "oss_serve.cli", "up", "--replicas", str(replicas),
                 "--http-port", str(self.http_port), "--grpc-port", str(free_port()),
                 "--link-port", str(free_port()), "--api-key", self.api_key]  # fmt: skip
         env = dict(os.environ, OSS_SERVE_MAX_QUEUE_WAIT_S=str(max_queue_wait_s))

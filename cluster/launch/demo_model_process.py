@@ -31,7 +31,7 @@ def ensure_demo_model_in_child(cache_dir: Path, result_file: Path) -> Path:
     """The demo checkpoint folder, trained first if it is not cached."""
     result_file.unlink(missing_ok=True)
     child = subprocess.Popen(
-        [sys.executable, "-m", __name__, str(cache_dir), str(result_file)],
+        [sys.executable, "-P", "-m", __name__, str(cache_dir), str(result_file)],
         stdin=subprocess.DEVNULL,
     )
 
