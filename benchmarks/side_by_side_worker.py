@@ -77,15 +77,16 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def load_engine(name: str, checkpoint: str) -> Engine:
+def load_engine(name: str, checkpoint: str, temperature: float = 0.0) -> Engine:
+    """The engine, answering every request greedily or sampled at `temperature`."""
     if name == "vllm":
-        return _load_vllm(checkpoint)
+        return _load_vllm(checkpoint, temperature)
     if name == "oss-serve":
-        return _load_oss_serve(checkpoint)
+        return _load_oss_serve(checkpoint, temperature)
     raise ValueError(f"--engine must be one of {', '.join(ENGINES)}; got {name!r}")
 
 
-def _load_vllm(checkpoint: str) -> Engine:
+def _load_vllm(checkpoint: str, temperature: float) -> Engine:
     import vllm
     from vllm import LLM, SamplingParams
 
@@ -94,7 +95,7 @@ def _load_vllm(checkpoint: str) -> Engine:
 
     def add(request_id: str, prompt: list[int], output_len: int) -> None:
         params = SamplingParams(
-            temperature=0.0, max_tokens=output_len, ignore_eos=True, detokenize=False
+            temperature=temperature, max_tokens=output_len, ignore_eos=True, detokenize=False
         )
         engine.add_request(request_id, {"prompt_token_ids": prompt}, params)
 
@@ -106,7 +107,7 @@ def _load_vllm(checkpoint: str) -> Engine:
     return Engine("vllm", vllm.__version__, add, step, engine.has_unfinished_requests, llm)
 
 
-def _load_oss_serve(checkpoint: str) -> Engine:
+def _load_oss_serve(checkpoint: str, temperature: float) -> Engine:
     from importlib.metadata import version
 
     from oss_serve import LLM, SamplingParams
@@ -116,7 +117,7 @@ def _load_oss_serve(checkpoint: str) -> Engine:
 
     def add(request_id: str, prompt: list[int], output_len: int) -> None:
         params = SamplingParams(
-            temperature=0.0, max_tokens=output_len, ignore_eos=True, detokenize=False
+            temperature=temperature, max_tokens=output_len, ignore_eos=True, detokenize=False
         )
         engine.add_request(request_id, prompt, params)
 
@@ -164,7 +165,7 @@ def run_wave(engine: Engine, prompts: list[list[int]], output_len: int, tag: str
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = json.loads(Path(args.workload).read_text())
-    engine = load_engine(args.engine, args.checkpoint)
+    engine = load_engine(args.engine, args.checkpoint, workload.get("temperature", 0.0))
     loaded_at = time.time()
     warmup_started = time.perf_counter()
     warmup_prompts = workload["warmup_prompts"]

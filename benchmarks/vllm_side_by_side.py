@@ -4,8 +4,8 @@ A gpt-oss checkpoint (4 layers, hidden 256, 8 experts top-2, the real 201,088-to
 vocabulary, random fp32 weights) is written once by transformers. Each engine then runs in
 its own process (benchmarks/side_by_side_worker.py, vLLM with its own virtualenv's Python),
 in pairs whose order alternates: a 2-request warm-up, then one wave of requests per
-concurrency level (mixed prompt lengths, greedy, `ignore_eos`). Before each process the
-benchmark waits, up to a bound, for the machine's 1-minute load to drop below `--max-load`,
+concurrency level (mixed prompt lengths, `ignore_eos`; greedy, or sampled at `--temperature`,
+where tokens are not compared). Before each process the benchmark waits, up to a bound, for the machine's 1-minute load to drop below `--max-load`,
 and records the load and CPU time of every wave, since the machine is shared.
 
     .venv/bin/python -m oss_serve.benchmarks.vllm_side_by_side \
@@ -57,7 +57,7 @@ def build_workload(args: argparse.Namespace, vocab_size: int) -> dict[str, Any]:
         for c in args.concurrency
     ]
     warmup = make_prompts(2, args.seed - 1, 16, 32, max_token_id=top)
-    return {"warmup_prompts": warmup, "levels": levels}
+    return {"warmup_prompts": warmup, "levels": levels, "temperature": args.temperature}
 
 
 def vllm_environment(vllm_python: str, threads_bind: str) -> dict[str, str]:
@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch1-output-len", type=int, default=128)
     parser.add_argument("--prompt-len", type=int, nargs=2, default=[16, 256])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy (tokens compared); >0: sampled"
+    )
     parser.add_argument("--threads-bind", default="0-1", help="VLLM_CPU_OMP_THREADS_BIND")
     parser.add_argument("--max-load", type=float, default=3.0)
     parser.add_argument("--max-wait-s", type=float, default=120.0)
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                 sides[engine]["loadavg_at_launch"] = load
                 for wave in sides[engine]["waves"]:
                     print(f"  c={wave['concurrency']:<4} {wave['tokens_per_s']:8.1f} tok/s")
-            agreement = compare_tokens(sides["oss-serve"], sides["vllm"]) if len(sides) == 2 else []
+            compared = len(sides) == 2 and args.temperature == 0
+            agreement = compare_tokens(sides["oss-serve"], sides["vllm"]) if compared else []
             pairs.append(
                 {
                     "order": order,

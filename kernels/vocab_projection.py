@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from . import cpu_argmax
+from . import cpu_argmax, vocab_screen
 
 CHUNK_ROWS = 16384  # vocabulary rows per chunk: [batch, chunk] fp32 logits stay in L2/L3
 PACK_BATCH_HINT = 64  # the batch size oneDNN tunes its packed layout for (any batch works)
+SCREEN_ROWS = 16384  # vocabulary rows per int8 screening chunk
 
 
 def onednn_packing_available(weight: torch.Tensor) -> bool:
@@ -41,6 +42,7 @@ class VocabProjection:
         self.weight, self.vocab_size, self.chunk_rows = weight, vocab_size, chunk_rows
         self.packed = onednn_packing_available(weight)
         self.chunks: list[torch.Tensor] = []
+        self.screen: vocab_screen.Int8VocabScreen | None = None
         self._version = -1
         self.refresh()
 
@@ -53,6 +55,8 @@ class VocabProjection:
             self.chunks = [reorder(part.detach().contiguous(), PACK_BATCH_HINT) for part in slices]
         else:
             self.chunks = [part.detach() for part in slices]
+        if vocab_screen.available(self.weight):
+            self.screen = vocab_screen.Int8VocabScreen(self.weight, self.vocab_size, SCREEN_ROWS)
         self._version = self.weight._version
 
     def is_stale(self) -> bool:
@@ -78,6 +82,17 @@ class VocabProjection:
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor:
         """Each row's greedy token id [M] int64 (= logits(hidden).argmax(-1))."""
         hidden = hidden.to(self.weight.dtype).contiguous()
+        if self.screen is not None and hidden.device.type == "cpu":
+            screened = self.screen.argmax(hidden)
+            if screened is not None:
+                unresolved = (screened < 0).nonzero().flatten()
+                if unresolved.numel():
+                    screened[unresolved] = self._exact_argmax(hidden[unresolved])
+                return screened
+        return self._exact_argmax(hidden)
+
+    def _exact_argmax(self, hidden: torch.Tensor) -> torch.Tensor:
+        """argmax over the fp32 logits, chunk by chunk (one row: straight from the weight)."""
         if hidden.device.type == "cpu":
             direct = cpu_argmax.vocab_argmax(hidden, self.weight, self.vocab_size)
             if direct is not None:

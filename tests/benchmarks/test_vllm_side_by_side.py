@@ -20,6 +20,7 @@ from oss_serve.benchmarks.vllm_side_by_side import (
 from oss_serve.benchmarks.vllm_side_by_side_report import (
     README_BEGIN,
     README_END,
+    readme_markers,
     replace_readme_section,
     table,
 )
@@ -78,12 +79,41 @@ def test_only_the_readme_section_between_the_markers_changes():
         replace_readme_section("# no markers\n", "| new |\n")
 
 
+@pytest.mark.unit
+def test_a_sampled_run_is_labelled_and_its_tokens_are_not_compared():
+    sides = {
+        "oss-serve": _side("oss-serve", [[[1], [2]]], [120.0]),
+        "vllm": _side("vllm", [[[1], [3]]], [100.0]),
+    }
+    results = {
+        "pairs": [{"sides": sides, "greedy_agreement": []}],
+        "checkpoint_config": CHECKPOINT_CONFIG,
+        "settings": {"prompt_len": [16, 256], "temperature": 0.8},
+        "environments": {"vllm": {}},
+        "machine": {"cpus": 2},
+    }
+    text = table(results, "benchmarks/results/y/results.json")
+    row = next(line for line in text.splitlines() if line.startswith("| 2 × 4"))
+    assert "**1.20×**" in row and "| sampled |" in row
+    assert "sampled at temperature 0.8" in text and "greedy" not in text.split("\n\n")[1]
+    begin, end = readme_markers("engine-speed-sampled")
+    readme = f"{README_BEGIN}\ngreedy\n{README_END}\n{begin}\nold\n{end}\n"
+    updated = replace_readme_section(readme, "new\n", "engine-speed-sampled")
+    assert updated == f"{README_BEGIN}\ngreedy\n{README_END}\n{begin}\nnew\n{end}\n"
+
+
 @pytest.mark.slow
-def test_the_oss_serve_side_runs_a_workload_in_its_own_process(tmp_path: Path):
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_the_oss_serve_side_runs_a_workload_in_its_own_process(tmp_path: Path, temperature):
     checkpoint = tmp_path / "checkpoint"
     write_checkpoint(checkpoint, 0, TINY)
     args = argparse.Namespace(
-        concurrency=[1, 3], output_len=5, batch1_output_len=6, prompt_len=[16, 40], seed=1
+        concurrency=[1, 3],
+        output_len=5,
+        batch1_output_len=6,
+        prompt_len=[16, 40],
+        seed=1,
+        temperature=temperature,
     )
     workload = tmp_path / "workload.json"
     workload.write_text(json.dumps(build_workload(args, TINY["vocab_size"])))
