@@ -9,11 +9,12 @@ approximate logit comes with a rigorous bound on its distance from the true one:
     |h.w - approx| <= s_w/2 * |h|_1 + s_h/2 * |w_q|_1 (+ fp32 rounding)
 
 with s_w the weight row's int8 scale, s_h the activations' (fbgemm quantizes them per
-tensor, 7 bits on x86), and w_q the quantized row. A token whose upper end falls below a
-row's best lower end can't be its argmax; the few left (a few hundred of the 201,088
-tokens in the random-weight benchmark model) are recomputed in fp32 and the greatest wins, ties to the lower id.
-The answer is the exact fp32 argmax, not an approximation of it: a row whose candidates
-overflow (nearly equal logits) returns -1 and its caller takes the full fp32 path.
+tensor over their whole range, 7 bits on AVX2, never clipping), and w_q the quantized row.
+A token whose upper end falls below a row's best lower end can't be its argmax; the few left
+(a few hundred of the 201,088 tokens in the random-weight benchmark model) are recomputed in
+fp32 and the greatest wins, ties to the lower id. The answer is the exact fp32 argmax, not
+an approximation of it: a row whose candidates overflow (nearly equal logits) returns -1 and
+its caller takes the full fp32 path.
 """
 
 from __future__ import annotations

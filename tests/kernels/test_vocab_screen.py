@@ -20,6 +20,31 @@ def _exact(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (hidden.double() @ weight.double().t()).argmax(dim=-1)
 
 
+@pytest.mark.parametrize("scale", [0.05, 1.0, 40.0])
+def test_every_int8_logit_lies_within_the_bound_the_screen_assumes(scale: float):
+    """The bound of the module docstring, against fbgemm's actual int8 logits: a torch
+    whose dynamic quantization clipped or rounded more coarsely would fail here."""
+    torch.manual_seed(int(scale * 100))
+    weight = torch.randn(3000, 96) * 0.03
+    weight[17] *= 50  # one large row, one tiny one
+    weight[18] *= 1e-4
+    hidden = torch.randn(32, 96) * scale
+    hidden[3, 5] = 12 * scale  # an outlier sets the activations' step for the whole batch
+    screen = vocab_screen.Int8VocabScreen(weight, 3000, chunk_rows=1024)
+    approx = torch.cat(
+        [torch.ops.quantized.linear_dynamic(hidden, packed, True) for packed in screen.chunks],
+        dim=1,
+    ).double()
+    exact = hidden.double() @ weight.double().t()
+    span = float(hidden.max().clamp(min=0) - hidden.min().clamp(max=0))
+    bound = (
+        0.5 * screen.col_scale.double()[None] * hidden.double().abs().sum(1, keepdim=True)
+        + 0.5 * span / vocab_screen.ACTIVATION_LEVELS * screen.col_l1.double()[None]
+    )
+    excess = (exact - approx).abs() - bound
+    assert float(excess.max()) <= 1e-6 * float(exact.abs().max())
+
+
 @pytest.mark.parametrize("rows", [1, 7, 64])
 @pytest.mark.parametrize("dim", [64, 256])
 def test_random_rows_get_the_exact_argmax(rows: int, dim: int):
