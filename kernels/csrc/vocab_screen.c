@@ -8,10 +8,15 @@
  * its list of candidates; `oss_screen_finish_f32` drops the candidates the final best lower
  * end rules out and picks the argmax among the rest from exact fp32 dot products, ties to
  * the lower id. A row whose list overflows reports -1 and is computed the exact way.
+ *
+ * For a few rows the approximate logits come from `oss_screen_int8_logits` (one read of the
+ * int8 weight, each row quantized to int8 with its own scale); larger batches use torch's
+ * fbgemm GEMM and pass its logits in.
  */
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #ifdef __AVX__
 #include <immintrin.h>
@@ -84,14 +89,79 @@ static void screen_row(const float *approx, int64_t cols, int64_t first_id,
 
 void oss_screen_update_f32(const float *approx, int64_t rows, int64_t cols, int64_t row_stride,
                            int64_t first_id, const float *col_scale, const float *col_l1,
-                           const float *row_coef, float act_coef, float *lower, int32_t *ids,
+                           const float *row_coef, const float *act_coef, float *lower,
+                           int32_t *ids,
                            float *upper, int32_t *count, int32_t capacity,
                            int32_t num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads) if (rows > 1)
     for (int64_t r = 0; r < rows; r++)
         screen_row(approx + r * row_stride, cols, first_id, col_scale, col_l1, row_coef[r],
-                   act_coef, lower + r, ids + r * capacity, upper + r * capacity, count + r,
+                   act_coef[r], lower + r, ids + r * capacity, upper + r * capacity, count + r,
                    capacity);
+}
+
+/* Rows quantized to int8 with their own scale: scale = max|x| / 127, no value clipped, so
+ * each one's rounding error is at most half its scale. */
+static void quantize_rows(const float *hidden, int32_t rows, int32_t dim, int8_t *quantized,
+                          float *scale) {
+    for (int32_t m = 0; m < rows; m++) {
+        const float *x = hidden + (int64_t)m * dim;
+        float amax = 0.0f;
+        for (int32_t d = 0; d < dim; d++) amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
+        scale[m] = amax > 0.0f ? amax / 127.0f : 1.0f;
+        for (int32_t d = 0; d < dim; d++) {
+            float q = nearbyintf(x[d] / scale[m]);
+            quantized[(int64_t)m * dim + d] = (int8_t)(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q);
+        }
+    }
+}
+
+/* One int8 row against one int8 weight row, summed exactly in int32. With |x| <= 127 the
+ * sign trick (|x| times w carrying x's sign) keeps every pair sum of maddubs within int16. */
+static int32_t dot_int8(const int8_t *x, const int8_t *w, int32_t dim) {
+    int32_t d = 0, sum = 0;
+#ifdef __AVX2__
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc = _mm256_setzero_si256();
+    for (; d + 32 <= dim; d += 32) {
+        const __m256i xv = _mm256_loadu_si256((const __m256i *)(x + d));
+        const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + d));
+        const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones));
+    }
+    __m128i half = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0x4e));
+    half = _mm_add_epi32(half, _mm_shuffle_epi32(half, 0xb1));
+    sum = _mm_cvtsi128_si32(half);
+#endif
+    for (; d < dim; d++) sum += (int32_t)x[d] * (int32_t)w[d];
+    return sum;
+}
+
+#define MAX_INT8_ROWS 8
+#define INT8_PREFETCH_ROWS 16
+
+/* approx[r][v] = scale_r * col_scale[v] * (int8 row r . int8 weight row v), for up to
+ * MAX_INT8_ROWS rows in one pass over the [vocab, dim] int8 weight; row_scale[r] gets each
+ * row's activation scale. Returns 0, or -1 for too many rows (nothing written). */
+int oss_screen_int8_logits(const float *hidden, int32_t rows, int32_t dim, const int8_t *weight,
+                           const float *col_scale, int64_t vocab, float *approx,
+                           float *row_scale, int32_t num_threads) {
+    if (rows < 1 || rows > MAX_INT8_ROWS) return -1;
+    int8_t *xq = malloc((size_t)rows * (size_t)dim);
+    if (xq == NULL) return -1;
+    quantize_rows(hidden, rows, dim, xq, row_scale);
+#pragma omp parallel for schedule(static, 1024) num_threads(num_threads)
+    for (int64_t v = 0; v < vocab; v++) {
+        const int8_t *w = weight + v * dim;
+        for (int32_t line = 0; line < dim; line += 64)
+            __builtin_prefetch(w + INT8_PREFETCH_ROWS * dim + line);
+        for (int32_t m = 0; m < rows; m++)
+            approx[m * vocab + v] =
+                (float)dot_int8(xq + (int64_t)m * dim, w, dim) * row_scale[m] * col_scale[v];
+    }
+    free(xq);
+    return 0;
 }
 
 static float dot(const float *x, const float *w, int32_t dim) {

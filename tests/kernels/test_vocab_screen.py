@@ -45,8 +45,33 @@ def test_every_int8_logit_lies_within_the_bound_the_screen_assumes(scale: float)
     assert float(excess.max()) <= 1e-6 * float(exact.abs().max())
 
 
-@pytest.mark.parametrize("rows", [1, 7, 64])
-@pytest.mark.parametrize("dim", [64, 256])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_few_row_kernel_keeps_within_its_per_row_bound(rows: int):
+    """The few-row C kernel quantizes each row with its own scale (max|h| / 127)."""
+    torch.manual_seed(rows)
+    weight = torch.randn(2000, 96) * 0.03
+    hidden = torch.randn(rows, 96) * torch.tensor([0.01, 1.0, 30.0])[:rows, None]
+    screen = vocab_screen.Int8VocabScreen(weight, 2000, chunk_rows=1024)
+    approx, row_scale = torch.empty(rows, 2000), torch.empty(rows)
+    kernel = vocab_screen._small_kernel()
+    assert kernel is not None
+    status = kernel(
+        hidden.data_ptr(), rows, 96, screen.quantized.data_ptr(), screen.col_scale.data_ptr(),
+        2000, approx.data_ptr(), row_scale.data_ptr(), 1,
+    )  # fmt: skip
+    assert status == 0
+    torch.testing.assert_close(row_scale, hidden.abs().amax(dim=1) / 127)
+    exact = hidden.double() @ weight.double().t()
+    bound = (
+        0.5 * screen.col_scale.double()[None] * hidden.double().abs().sum(1, keepdim=True)
+        + 0.5 * row_scale.double()[:, None] * screen.col_l1.double()[None]
+    )
+    excess = (exact - approx.double()).abs() - bound
+    assert float(excess.max()) <= 1e-6 * float(exact.abs().max())
+
+
+@pytest.mark.parametrize("rows", [1, 4, 7, 64])
+@pytest.mark.parametrize("dim", [64, 256, 100])
 def test_random_rows_get_the_exact_argmax(rows: int, dim: int):
     torch.manual_seed(rows * dim)
     weight = torch.randn(5003, dim) * 0.02  # chunks of 1024 with a short last one
@@ -56,11 +81,12 @@ def test_random_rows_get_the_exact_argmax(rows: int, dim: int):
     assert torch.equal(screen.argmax(hidden), _exact(hidden, weight))
 
 
-def test_rows_closer_than_the_int8_step_are_told_apart():
+@pytest.mark.parametrize("rows", [4, 12])  # the few-row C kernel, then fbgemm's GEMM
+def test_rows_closer_than_the_int8_step_are_told_apart(rows: int):
     torch.manual_seed(0)
     weight = torch.randn(3000, 128) * 0.02
-    hidden = torch.randn(4, 128)
-    winners = _exact(hidden, weight)
+    hidden = torch.randn(rows, 128)
+    winners = _exact(hidden[:4], weight)
     assert int(winners.max()) < 2990
     for row, winner in enumerate(winners.tolist()):
         # a later rival: the winner's row plus a twentieth of its int8 step, signed to raise
@@ -74,7 +100,7 @@ def test_rows_closer_than_the_int8_step_are_told_apart():
         weight[2990 + row] = weight[winner] + nudge
     screen = vocab_screen.Int8VocabScreen(weight, 3000, chunk_rows=512)
     expected = _exact(hidden, weight)
-    assert expected.tolist() == [2990, 2991, 2992, 2993]
+    assert expected[:4].tolist() == [2990, 2991, 2992, 2993]
     assert torch.equal(screen.argmax(hidden), expected)
 
 
