@@ -12,7 +12,7 @@ import ctypes
 
 import torch
 
-from .native_build import FLOAT, INT32, INT64, POINTER, function
+from .native_build import FLOAT, INT32, INT64, POINTER, fp32_cpu_inference, function
 
 _SIGNATURE = (
     POINTER, POINTER, POINTER, POINTER, INT64, POINTER, POINTER, INT32, POINTER, FLOAT, INT32,
@@ -27,13 +27,7 @@ def _kernel() -> ctypes._NamedFuncPointer | None:
 def supports(query: torch.Tensor, kv_cache: torch.Tensor, sinks: torch.Tensor) -> bool:
     """Whether the C kernel takes this call (fp32 CPU tensors, and it could be built)."""
     return (
-        query.device.type == "cpu"
-        and kv_cache.device.type == "cpu"
-        and query.dtype == torch.float32
-        and kv_cache.dtype == torch.float32
-        and kv_cache.is_contiguous()
-        and not torch.is_grad_enabled()
-        and _kernel() is not None
+        fp32_cpu_inference(query, kv_cache) and kv_cache.is_contiguous() and _kernel() is not None
     )
 
 

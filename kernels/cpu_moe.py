@@ -12,7 +12,7 @@ import ctypes
 
 import torch
 
-from .native_build import FLOAT, INT32, POINTER, function
+from .native_build import FLOAT, INT32, POINTER, fp32_cpu_inference, function
 
 # tokens per step up to which the kernel beats one GEMM per expert (measured on the
 # side-by-side checkpoint, 8 experts top-2, hidden 256: 1.7 against 1.9 ms at 128 tokens,
@@ -33,11 +33,8 @@ def supports(x: torch.Tensor, w1: torch.Tensor, w1_scales: torch.Tensor | None) 
     """Whether the kernel takes this call: a small fp32 CPU batch, dense weights, no autograd."""
     return (
         w1_scales is None
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and w1.dtype == torch.float32
+        and fp32_cpu_inference(x, w1)
         and x.shape[0] <= MAX_TOKENS
-        and not torch.is_grad_enabled()
         and _kernel() is not None
     )
 

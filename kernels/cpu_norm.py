@@ -9,7 +9,7 @@ import ctypes
 
 import torch
 
-from .native_build import FLOAT, INT32, INT64, POINTER, function
+from .native_build import FLOAT, INT32, INT64, POINTER, fp32_cpu_inference, function
 
 _SIGNATURE = (POINTER, POINTER, POINTER, POINTER, FLOAT, INT64, INT32, POINTER, INT32)
 
@@ -19,11 +19,7 @@ def _kernel() -> ctypes._NamedFuncPointer | None:
 
 
 def supports(*tensors: torch.Tensor) -> bool:
-    return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not torch.is_grad_enabled()
-        and _kernel() is not None
-    )
+    return fp32_cpu_inference(*tensors) and _kernel() is not None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

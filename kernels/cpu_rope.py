@@ -8,7 +8,7 @@ import ctypes
 
 import torch
 
-from .native_build import INT32, INT64, POINTER, function
+from .native_build import INT32, INT64, POINTER, fp32_cpu_inference, function
 
 _SIGNATURE = (POINTER, INT32, INT64, POINTER, INT32, INT64, INT64, INT32, POINTER, POINTER, INT32)
 
@@ -24,10 +24,9 @@ def _rows_packed(x: torch.Tensor) -> bool:
 
 def supports(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
     return (
-        all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (q, k, cos, sin))
+        fp32_cpu_inference(q, k, cos, sin)
         and _rows_packed(q)
         and _rows_packed(k)
-        and not torch.is_grad_enabled()
         and _kernel() is not None
     )
 

@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
@@ -68,6 +70,14 @@ def _cpu_signature() -> str:
         return "".join(sorted(set(lines)))
     except OSError:
         return platform.machine() + platform.processor()
+
+
+def fp32_cpu_inference(*tensors: torch.Tensor) -> bool:
+    """What every C kernel needs of its call: fp32 tensors in CPU memory and no autograd
+    (training keeps the torch paths, whose backward the kernels don't have)."""
+    return not torch.is_grad_enabled() and all(
+        t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors
+    )
 
 
 # argument types of the kernels' C signatures: tensors pass as `tensor.data_ptr()`
